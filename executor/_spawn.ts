@@ -1,0 +1,309 @@
+// The one process-spawning core. LocalExec, the agent and the ssh transport's
+// local side all run their processes through `runProcess`: each process in its
+// own session (so its group can be killed as a whole), stdout/stderr split into
+// lines with backpressure, and TERM -> grace -> KILL on timeout or cancel.
+
+import { LineGate, pumpLines } from "./_lines.ts";
+import type { LogSink, RunOutput } from "./types.ts";
+
+/** What to run and how. */
+export interface ProcessSpec {
+  /** The program and its arguments. */
+  argv: readonly string[];
+  /** The whole environment of the child (nothing is inherited). */
+  env: Record<string, string>;
+  /** Working directory. */
+  cwd?: string;
+  /** Bytes written to stdin, which is then closed (unless `keepStdinOpen`). */
+  stdin?: Uint8Array;
+  /**
+   * Keep stdin open after `stdin` is written, until the process exits. The
+   * ssh wrapper uses this: it learns of a dropped connection from stdin EOF.
+   */
+  keepStdinOpen?: boolean;
+  /** Kill after this many milliseconds. */
+  timeoutMs?: number;
+  /** Grace between SIGTERM and SIGKILL. */
+  killGraceMs: number;
+  /** Cancels the run. */
+  signal?: AbortSignal;
+  /**
+   * After the main process exits, how long to keep reading output that
+   * processes outside its group (which the sweep cannot reach) may still hold
+   * open. Default 2000 ms.
+   */
+  drainMs?: number;
+  /** Treat a carriage return as a line end too (rsync's progress output). */
+  carriageReturnEndsLine?: boolean;
+  /**
+   * How to stop the process on timeout or cancel. Default: SIGTERM to its
+   * group, `killGraceMs`, then SIGKILL to the group.
+   */
+  terminate?: (child: Deno.ChildProcess, graceMs: number) => Promise<void>;
+}
+
+/** How a process ended. */
+export interface ProcessResult {
+  /** Exit code, or `null` after death by signal (or when nothing started). */
+  exitCode: number | null;
+  /** The fatal signal's name, or `null`. */
+  signal: string | null;
+  /** The timeout fired. */
+  timedOut: boolean;
+  /** The AbortSignal fired (or had fired before the start). */
+  cancelled: boolean;
+  /** From spawn to the end of output, in milliseconds. */
+  durationMs: number;
+  /** Lines delivered per stream. */
+  lines: { stdout: number; stderr: number };
+  /** `false` when the signal was already aborted and nothing was spawned. */
+  started: boolean;
+}
+
+/** The default time to wait for output after the main process exits. */
+const DEFAULT_DRAIN_MS = 2000;
+
+/**
+ * Runs one process to completion, delivering its output lines to `sink`.
+ *
+ * A spawn failure (program or cwd missing, not executable) is reported the
+ * way a shell reports it, as exit 127 or 126 with a line on stderr, so that
+ * every transport gives the same result for the same step. Deno's own
+ * permission errors (`NotCapable`) propagate.
+ *
+ * @throws The sink's error, after the process group has been killed.
+ */
+export async function runProcess(
+  spec: ProcessSpec,
+  sink: LogSink,
+): Promise<ProcessResult> {
+  const gate = new LineGate(sink);
+  const started = performance.now();
+  if (spec.signal?.aborted) return notStarted(gate, true);
+
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(spec.argv[0], {
+      args: spec.argv.slice(1),
+      env: spec.env,
+      clearEnv: true,
+      cwd: spec.cwd,
+      stdin: spec.stdin || spec.keepStdinOpen ? "piped" : "null",
+      stdout: "piped",
+      stderr: "piped",
+      detached: true,
+    }).spawn();
+  } catch (error) {
+    return await spawnFailure(spec, gate, error, started);
+  }
+
+  const pgid = child.pid;
+  let timedOut = false;
+  let cancelled = false;
+  let terminating: Promise<void> | null = null;
+  const terminate = () => {
+    terminating ??= (spec.terminate ?? terminateGroup)(child, spec.killGraceMs)
+      .catch(() => {});
+    return terminating;
+  };
+  gate.onFailure = () => void terminate();
+
+  const timer = spec.timeoutMs === undefined ? undefined : setTimeout(() => {
+    timedOut = true;
+    void terminate();
+  }, spec.timeoutMs);
+  const onAbort = () => {
+    cancelled = true;
+    void terminate();
+  };
+  spec.signal?.addEventListener("abort", onAbort, { once: true });
+
+  const stdinDone = writeStdin(child, spec);
+  const lineOpts = { carriageReturnEndsLine: spec.carriageReturnEndsLine };
+  const stdoutDone = pumpLines(child.stdout, "stdout", gate, lineOpts);
+  const stderrDone = pumpLines(child.stderr, "stderr", gate, lineOpts);
+  const output = Promise.all([stdoutDone, stderrDone]);
+  // A reader's own error (not the sink's) must not go unhandled while we wait.
+  output.catch(() => {});
+
+  let status: Deno.CommandStatus;
+  try {
+    status = await child.status;
+  } finally {
+    if (timer !== undefined) clearTimeout(timer);
+    spec.signal?.removeEventListener("abort", onAbort);
+  }
+  // The main process is gone: sweep whatever it left in its group, so that no
+  // process of the step survives it, then read what is left in the pipes.
+  await signalGroup(pgid, "SIGKILL");
+  if (terminating) await terminating;
+  await drain(output, gate, spec.drainMs ?? DEFAULT_DRAIN_MS);
+  await stdinDone;
+
+  if (gate.failure) throw gate.failure.error;
+  return {
+    exitCode: status.signal ? null : status.code,
+    signal: status.signal ?? null,
+    timedOut,
+    cancelled: cancelled && !timedOut,
+    durationMs: performance.now() - started,
+    lines: { ...gate.counts },
+    started: true,
+  };
+}
+
+/**
+ * SIGTERM to the group, then SIGKILL after `graceMs` unless the main process
+ * has exited by then. Either way the group gets its SIGKILL once the main
+ * process exits (see `runProcess`).
+ */
+export async function terminateGroup(
+  child: Deno.ChildProcess,
+  graceMs: number,
+): Promise<void> {
+  await signalGroup(child.pid, "SIGTERM");
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const grace = new Promise<"grace">((resolve) => {
+    timer = setTimeout(() => resolve("grace"), graceMs);
+  });
+  const outcome = await Promise.race([child.status.then(() => "exited"), grace]);
+  clearTimeout(timer);
+  if (outcome === "grace") await signalGroup(child.pid, "SIGKILL");
+}
+
+let canSignalGroups: boolean | undefined;
+
+/**
+ * Sends `signal` to the process group `pgid`. `Deno.kill(-pgid)` needs
+ * unscoped `--allow-run`; under a scoped permission set (the agent's) the
+ * group is signalled through the `kill` program instead. A group that no
+ * longer exists is not an error.
+ */
+export async function signalGroup(pgid: number, signal: Deno.Signal): Promise<void> {
+  canSignalGroups ??= Deno.permissions.querySync({ name: "run" }).state === "granted";
+  if (canSignalGroups) {
+    try {
+      Deno.kill(-pgid, signal);
+    } catch {
+      // ESRCH: the group is already gone.
+    }
+    return;
+  }
+  try {
+    await new Deno.Command("kill", {
+      args: ["-s", signal.replace(/^SIG/, ""), "--", `-${pgid}`],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).output();
+  } catch {
+    // The group is gone, or kill is missing; nothing more can be done here.
+  }
+}
+
+async function writeStdin(child: Deno.ChildProcess, spec: ProcessSpec): Promise<void> {
+  if (!spec.stdin && !spec.keepStdinOpen) return;
+  const writer = child.stdin.getWriter();
+  try {
+    if (spec.stdin && spec.stdin.length > 0) await writer.write(spec.stdin);
+    if (spec.keepStdinOpen) await child.status;
+    await writer.close();
+  } catch {
+    // The child closed its stdin (EPIPE) or exited: nothing to deliver to.
+  } finally {
+    writer.releaseLock();
+  }
+}
+
+/**
+ * Waits for both readers to reach the end of their pipes. Stops reading only
+ * when the pipes have been idle (no chunk read, no sink write pending) for
+ * `ms`: a slow sink never loses output, an escaped process holding the pipes
+ * never hangs the run.
+ */
+async function drain(
+  output: Promise<unknown>,
+  gate: LineGate,
+  ms: number,
+): Promise<void> {
+  let finished = false;
+  const done = output.then(() => (finished = true), () => (finished = true));
+  let reads = gate.reads;
+  while (!finished) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      done,
+      new Promise((resolve) => (timer = setTimeout(resolve, ms))),
+    ]);
+    clearTimeout(timer);
+    if (finished) return;
+    if (gate.reads === reads && !gate.busy) break;
+    reads = gate.reads;
+  }
+  // Something outside the group still holds the pipes open: stop reading.
+  await Promise.allSettled([...gate.readers].map((reader) => reader.cancel()));
+  await done;
+}
+
+function notStarted(gate: LineGate, cancelled: boolean): ProcessResult {
+  return {
+    exitCode: null,
+    signal: null,
+    timedOut: false,
+    cancelled,
+    durationMs: 0,
+    lines: { ...gate.counts },
+    started: false,
+  };
+}
+
+async function spawnFailure(
+  spec: ProcessSpec,
+  gate: LineGate,
+  error: unknown,
+  started: number,
+): Promise<ProcessResult> {
+  if (
+    !(error instanceof Deno.errors.NotFound) && !(error instanceof Deno.errors.PermissionDenied)
+  ) {
+    throw error;
+  }
+  const notFound = error instanceof Deno.errors.NotFound;
+  const what = notFound && spec.cwd && !(await isDirectory(spec.cwd))
+    ? `cwd ${spec.cwd}: no such directory`
+    : `${spec.argv[0]}: ${notFound ? "command not found" : "permission denied"}`;
+  await gate.deliver("stderr", `ops-exec: ${what}`);
+  if (gate.failure) throw gate.failure.error;
+  return {
+    exitCode: notFound ? 127 : 126,
+    signal: null,
+    timedOut: false,
+    cancelled: false,
+    durationMs: performance.now() - started,
+    lines: { ...gate.counts },
+    started: false,
+  };
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
+/** Shapes a process result into the public {@linkcode RunOutput}. */
+export function toRunOutput(host: string, action: string, result: ProcessResult): RunOutput {
+  return {
+    host,
+    action,
+    exitCode: result.exitCode,
+    signal: result.signal,
+    success: result.exitCode === 0 && !result.timedOut && !result.cancelled,
+    timedOut: result.timedOut,
+    cancelled: result.cancelled,
+    durationMs: result.durationMs,
+    lines: result.lines,
+  };
+}
