@@ -1,0 +1,92 @@
+// Process-tree checks for tests, read from Linux's /proc: which processes are
+// in a process group, and whether a pid is still alive (zombies count as dead).
+
+/** `true` where /proc can answer these questions (Linux). */
+export const HAS_PROC: boolean = (() => {
+  try {
+    return Deno.statSync("/proc/self/stat").isFile;
+  } catch {
+    return false;
+  }
+})();
+
+interface ProcStat {
+  pid: number;
+  state: string;
+  ppid: number;
+  pgid: number;
+  sid: number;
+}
+
+function readStat(pid: number | string): ProcStat | null {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  } catch {
+    return null;
+  }
+  // The command name is in parentheses and may hold spaces: read after the last ")".
+  const rest = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  return {
+    pid: Number(pid),
+    state: rest[0],
+    ppid: Number(rest[1]),
+    pgid: Number(rest[2]),
+    sid: Number(rest[3]),
+  };
+}
+
+function allStats(): ProcStat[] {
+  const stats: ProcStat[] = [];
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    const stat = readStat(entry.name);
+    if (stat) stats.push(stat);
+  }
+  return stats;
+}
+
+/** Live (non-zombie) pids whose process group is `pgid`. */
+export function groupMembers(pgid: number): number[] {
+  return allStats()
+    .filter((s) => s.pgid === pgid && s.state !== "Z")
+    .map((s) => s.pid);
+}
+
+/** Live (non-zombie) pids whose session is `sid`. */
+export function sessionMembers(sid: number): number[] {
+  return allStats()
+    .filter((s) => s.sid === sid && s.state !== "Z")
+    .map((s) => s.pid);
+}
+
+/** Whether `pid` exists and is not a zombie. */
+export function isAlive(pid: number): boolean {
+  const stat = readStat(pid);
+  return stat !== null && stat.state !== "Z";
+}
+
+/** Live pids whose command line contains `needle`. */
+export function pidsWithCommandLine(needle: string): number[] {
+  const pids: number[] = [];
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const cmdline = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`).replaceAll("\0", " ");
+      if (cmdline.includes(needle) && isAlive(Number(entry.name))) pids.push(Number(entry.name));
+    } catch {
+      // Gone while we looked.
+    }
+  }
+  return pids;
+}
+
+/** Polls `check` every 20 ms until it is true or `ms` pass; returns its last value. */
+export async function waitFor(check: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (check()) return true;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return check();
+}
