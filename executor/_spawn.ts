@@ -82,16 +82,18 @@ export async function runProcess(
   if (spec.signal?.aborted) return notStarted(gate, true);
 
   let child: Deno.ChildProcess;
+  const launcher = sessionLauncher();
+  const argv = launcher ? [launcher, "--wait", "--", ...spec.argv] : spec.argv;
   try {
-    child = new Deno.Command(spec.argv[0], {
-      args: spec.argv.slice(1),
+    child = new Deno.Command(argv[0], {
+      args: argv.slice(1),
       env: spec.env,
       clearEnv: true,
       cwd: spec.cwd,
       stdin: spec.stdin || spec.keepStdinOpen ? "piped" : "null",
       stdout: "piped",
       stderr: "piped",
-      detached: true,
+      detached: launcher === null,
     }).spawn();
   } catch (error) {
     return await spawnFailure(spec, gate, error, started);
@@ -150,6 +152,37 @@ export async function runProcess(
     lines: { ...gate.counts },
     started: true,
   };
+}
+
+/** util-linux's setsid, the cheapest way to start a process in a new session. */
+const SETSID = "/usr/bin/setsid";
+let launcherPath: string | null | undefined;
+
+/**
+ * How a process gets its own session. Deno's `detached: true` calls setsid()
+ * in a pre-exec hook, which forces fork(2) instead of posix_spawn(3): about
+ * 1.4 ms per spawn from a Deno process. util-linux's `setsid` program, spawned
+ * the fast way, costs an extra exec (about 0.5 ms). It never forks here (a
+ * freshly spawned child is not a group leader) and `--wait` makes sure of it.
+ * Other systems (macOS, busybox) use `detached`.
+ */
+function sessionLauncher(): string | null {
+  if (launcherPath !== undefined) return launcherPath;
+  launcherPath = null;
+  try {
+    if (Deno.build.os === "linux" && Deno.statSync(SETSID).isFile) {
+      const out = new Deno.Command(SETSID, {
+        args: ["--version"],
+        stdin: "null",
+        stderr: "null",
+        clearEnv: true,
+      }).outputSync();
+      if (new TextDecoder().decode(out.stdout).includes("util-linux")) launcherPath = SETSID;
+    }
+  } catch {
+    // Not readable or not runnable under this permission set: use `detached`.
+  }
+  return launcherPath;
 }
 
 /**
@@ -228,6 +261,8 @@ async function drain(
 ): Promise<void> {
   let finished = false;
   const done = output.then(() => (finished = true), () => (finished = true));
+  await Promise.resolve();
+  if (finished) return;
   let reads = gate.reads;
   while (!finished) {
     let timer: ReturnType<typeof setTimeout> | undefined;
