@@ -3,13 +3,7 @@
 // output through a console sink; an ungranted action is refused before any
 // process starts; the host is observed.
 
-import {
-  CapabilityDenied,
-  CapabilitySet,
-  ConsoleSink,
-  LocalExec,
-  Step,
-} from "../mod.ts";
+import { CapabilityDenied, CapabilitySet, ConsoleSink, LocalExec, Step } from "../mod.ts";
 
 const caps = CapabilitySet.of("demo.*", "observe");
 await using exec = new LocalExec(caps, { host: "local" });

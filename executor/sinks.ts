@@ -34,7 +34,11 @@ export class ConsoleSink implements LogSink {
   readonly #out: WritableStreamDefaultWriter<Uint8Array> | null;
   readonly #prefix: { stdout: string; stderr: string };
 
-  /** @param opts Host prefix, colour and destination. */
+  /**
+   * A sink that prints to the console (or to `opts.writable`).
+   *
+   * @param opts Host prefix, colour and destination.
+   */
   constructor(opts: ConsoleSinkOptions = {}) {
     const host = opts.host ?? "local";
     this.#out = opts.writable ? opts.writable.getWriter() : null;
@@ -115,6 +119,8 @@ export class NdjsonSink implements LogSink {
   readonly #host?: string;
 
   /**
+   * A sink that writes NDJSON to `writable`.
+   *
    * @param writable Where the NDJSON goes.
    * @param opts A host name to add to each object.
    */
@@ -162,6 +168,8 @@ export class RedactingSink implements LogSink {
   readonly #mask: string;
 
   /**
+   * A sink that masks `secrets` before `inner` sees a line.
+   *
    * @param inner The sink that receives the redacted lines.
    * @param secrets Literal secrets and global regular expressions.
    * @param opts The mask.

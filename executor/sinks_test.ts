@@ -26,7 +26,9 @@ Deno.test("ConsoleSink colours the prefix only when asked (or on a TTY)", async 
   const dest = collector();
   const sink = new ConsoleSink({ host: "web-1", writable: dest.writable, color: true });
   await sink.write(out("hello", 0));
+  // deno-lint-ignore no-control-regex
   assertEquals(dest.text().replace(/\x1b\[\d+m/g, ""), "[web-1] hello\n");
+  // deno-lint-ignore no-control-regex
   assertEquals(/\x1b\[\d+m\[web-1\]\x1b\[0m hello/.test(dest.text()), true);
 });
 

@@ -44,6 +44,8 @@ export class LocalExec implements Executor {
   readonly #caps: CapabilitySet;
 
   /**
+   * An executor for this machine, scoped to `caps`.
+   *
    * @param caps The caller-side grant every call is checked against.
    * @param opts The host name to report.
    */
