@@ -36,3 +36,4 @@ export {
   RedactingSink,
   type RedactingSinkOptions,
 } from "./sinks.ts";
+export { fanOut, type FanOutOptions, type FanOutResult, type HostResult } from "./fan_out.ts";
