@@ -65,7 +65,9 @@ export function checkRemotePath(path: string, field = "remotePath"): string {
  * SyncOpts flag mapped onto rsync's own option.
  */
 export function rsyncOptions(opts: SyncOpts): string[] {
-  const args = ["--archive", "--stats"];
+  // --mkpath creates missing parents of the destination, as `mkdir -p` would
+  // (rsync >= 3.2.3).
+  const args = ["--archive", "--mkpath", "--stats"];
   if (opts.onProgress) args.push("--info=progress2");
   if (opts.delete) args.push("--delete");
   for (const pattern of opts.exclude ?? []) {
