@@ -1,0 +1,487 @@
+// The agent's HTTP surface (SPEC §5) as a Hono app: identity from the
+// connection, grants from the config and CapMap under the host's ceiling, an
+// audit line per decision, steps through the shared spawn core.
+
+import { Hono } from "hono";
+import type { Context } from "hono";
+import { StepError } from "../executor/errors.ts";
+import { baseEnvironment } from "../executor/_env.ts";
+import { observeLocalHost } from "../executor/_observe.ts";
+import { type ProcessResult, runProcess } from "../executor/_spawn.ts";
+import type { HostObservation } from "../executor/types.ts";
+import { Step } from "../step/step.ts";
+import {
+  type CapabilitiesBody,
+  type ErrorBody,
+  type ExitEvent,
+  type HealthBody,
+  HEARTBEAT_MS,
+  NDJSON_TYPE,
+  PATHS,
+  PROTOCOL_VERSION,
+} from "../transports/_agent_protocol.ts";
+import type { AgentConfig } from "./config.ts";
+import { AuditLog, type AuditRecord, stepDigest } from "./_audit.ts";
+import { denialReason, type Entitlement, entitlement } from "./_grants.ts";
+import {
+  createIdentityProvider,
+  type IdentityProvider,
+  IdentityUnavailable,
+  UnknownPeer,
+} from "./_identity.ts";
+import { formatHostPort, unmapAddress } from "./_net.ts";
+import { EventStream, LineBatcher } from "./_stream.ts";
+import { type CallerIdentity, summarize } from "./_whois.ts";
+import { AGENT_VERSION } from "./_version.ts";
+
+/** Hono's environment for the agent: the connection info of `Deno.serve`. */
+export type AgentEnv = { Bindings: Deno.ServeHandlerInfo<Deno.NetAddr> };
+
+/**
+ * Exec steps run through the shell too: under the agent's permission set
+ * Deno may spawn only what its `run` scope names, and `/bin/sh` is the one
+ * program every step needs. `"$@"` keeps the argv exact (no word splitting);
+ * a missing program reads as it does with LocalExec.
+ */
+const EXEC_WRAPPER =
+  'command -v -- "$1" >/dev/null 2>&1 || { printf "ops-exec: %s: command not found\\n" "$1" >&2; exit 127; }; exec "$@"';
+
+/** The argv the agent spawns for a step. */
+export function agentArgv(step: Step): string[] {
+  return step.kind === "shell"
+    ? [...step.argv]
+    : ["/bin/sh", "-c", EXEC_WRAPPER, "sh", ...step.argv];
+}
+
+/** One step in flight. */
+interface RunningStep {
+  abort: AbortController;
+  batcher: LineBatcher;
+  done: Promise<void>;
+  stop(reason: string): void;
+}
+
+/** An identified request: who, from where, and what they may do. */
+export interface RequestContext {
+  /** The caller. */
+  caller: CallerIdentity;
+  /** The peer address, `IP:PORT`. */
+  from: string;
+  /** What the caller may do here. */
+  grant: Entitlement;
+  /** `performance.now()` when the request arrived. */
+  started: number;
+  /** `METHOD /path`. */
+  endpoint: string;
+}
+
+/**
+ * The agent's state and its Hono app. One per served config.
+ */
+export class AgentCore {
+  readonly config: AgentConfig;
+  readonly app: Hono<AgentEnv>;
+  readonly audit: AuditLog;
+  readonly provider: IdentityProvider;
+  readonly version: string;
+  readonly #runs = new Set<RunningStep>();
+  #stopping: string | null = null;
+
+  private constructor(config: AgentConfig, audit: AuditLog, provider: IdentityProvider) {
+    this.config = config;
+    this.audit = audit;
+    this.provider = provider;
+    this.version = AGENT_VERSION;
+    this.app = this.#routes();
+  }
+
+  /** Opens the audit log and the identity provider for `config`. */
+  static async create(config: AgentConfig): Promise<AgentCore> {
+    const audit = await AuditLog.open(config.agent.auditLog);
+    return new AgentCore(config, audit, createIdentityProvider(config.identity));
+  }
+
+  /** Steps (and later transfers) running now. */
+  get running(): number {
+    return this.#runs.size;
+  }
+
+  /**
+   * Cancels every running step (SIGTERM to its group, its `killGraceMs`,
+   * SIGKILL) and resolves once each has ended and been audited. New runs are
+   * refused from now on.
+   */
+  async stopRuns(reason: string): Promise<void> {
+    this.#stopping ??= reason;
+    const runs = [...this.#runs];
+    for (const run of runs) run.stop(reason);
+    await Promise.all(runs.map((run) => run.done));
+  }
+
+  /** Closes the audit log and the provider. Call after {@linkcode AgentCore.stopRuns}. */
+  async close(): Promise<void> {
+    await this.audit.close();
+    this.provider.close();
+  }
+
+  #routes(): Hono<AgentEnv> {
+    const app = new Hono<AgentEnv>();
+    app.get(
+      PATHS.health,
+      (c) =>
+        c.json(
+          { ok: true, version: this.version, protocol: PROTOCOL_VERSION } satisfies HealthBody,
+        ),
+    );
+    app.get(PATHS.capabilities, (c) => this.#capabilities(c));
+    app.post(PATHS.run, (c) => this.#run(c));
+    app.get(PATHS.observe, (c) => this.#observe(c));
+    app.get(PATHS.sync, (c) => this.#sync(c));
+    app.notFound((c) =>
+      errorResponse(404, {
+        code: "not_found",
+        message: `${c.req.method} ${c.req.path} is not an endpoint of ops-agent ${this.version}`,
+      })
+    );
+    app.onError((error, c) => {
+      console.error(`ops-agent: ${c.req.method} ${c.req.path}: ${error?.stack ?? error}`);
+      return errorResponse(500, {
+        code: "internal_error",
+        message: `the agent failed: ${error instanceof Error ? error.message : error}`,
+      });
+    });
+    return app;
+  }
+
+  /**
+   * Identifies the caller from the connection's peer address (never from a
+   * header). Answers 401 (unknown peer) or 503 (provider down) itself, with
+   * an audit line, and returns that response instead of a context.
+   */
+  async identify(c: Context<AgentEnv>): Promise<RequestContext | Response> {
+    const started = performance.now();
+    const endpoint = `${c.req.method} ${c.req.path}`;
+    const remote = c.env?.remoteAddr;
+    if (!remote || typeof remote.hostname !== "string") {
+      return errorResponse(401, {
+        code: "unknown_peer",
+        message: "the connection has no peer address to identify",
+      });
+    }
+    const ip = unmapAddress(remote.hostname);
+    const from = formatHostPort(ip, remote.port);
+    try {
+      const caller = await this.provider.identify(ip, remote.port);
+      return { caller, from, grant: entitlement(this.config, caller), started, endpoint };
+    } catch (error) {
+      const unknown = error instanceof UnknownPeer;
+      if (!unknown && !(error instanceof IdentityUnavailable)) throw error;
+      const message = error instanceof Error ? error.message : String(error);
+      await this.audit.write({
+        time: new Date().toISOString(),
+        endpoint,
+        from,
+        who: null,
+        decision: "denied",
+        reason: unknown ? `unknown peer: ${message}` : `identity unavailable: ${message}`,
+        status: unknown ? 401 : 503,
+        durationMs: performance.now() - started,
+      });
+      return errorResponse(unknown ? 401 : 503, {
+        code: unknown ? "unknown_peer" : "identity_unavailable",
+        message: unknown
+          ? `the agent does not know this caller: ${message}`
+          : `the agent cannot identify callers right now: ${message}`,
+      });
+    }
+  }
+
+  /**
+   * Answers 403 with an audit line unless the caller may do `action` (on
+   * `path`, for sync actions). Returns `null` when allowed.
+   */
+  async deny(
+    ctx: RequestContext,
+    action: string,
+    extra: Partial<AuditRecord> & { path?: string } = {},
+  ): Promise<Response | null> {
+    const reason = denialReason(ctx.grant, action, extra.path);
+    if (reason === null) return null;
+    await this.auditLine(ctx, { ...extra, action, decision: "denied", reason, status: 403 });
+    return errorResponse(403, {
+      code: "capability_denied",
+      message: `action "${action}"${
+        extra.path ? ` on path ${extra.path}` : ""
+      } is not allowed by this agent: ${reason}`,
+      action,
+      reason,
+      ...(extra.path ? { path: extra.path } : {}),
+    });
+  }
+
+  /** Writes one audit line for an identified request. */
+  auditLine(
+    ctx: RequestContext,
+    record: Omit<AuditRecord, "time" | "endpoint" | "from" | "who"> & { path?: string },
+  ): Promise<void> {
+    const { path: _path, ...rest } = record;
+    return this.audit.write({
+      time: new Date().toISOString(),
+      endpoint: ctx.endpoint,
+      from: ctx.from,
+      who: summarize(ctx.caller),
+      ...rest,
+      durationMs: rest.durationMs ?? performance.now() - ctx.started,
+    });
+  }
+
+  async #capabilities(c: Context<AgentEnv>): Promise<Response> {
+    const ctx = await this.identify(c);
+    if (ctx instanceof Response) return ctx;
+    await this.auditLine(ctx, { decision: "allowed", status: 200 });
+    return c.json(
+      {
+        capabilities: ctx.grant.effective.toJSON(),
+        caller: summarize(ctx.caller),
+      } satisfies CapabilitiesBody,
+    );
+  }
+
+  async #observe(c: Context<AgentEnv>): Promise<Response> {
+    const ctx = await this.identify(c);
+    if (ctx instanceof Response) return ctx;
+    const denied = await this.deny(ctx, "observe");
+    if (denied) return denied;
+    const roots = ctx.grant.effective.syncRoots();
+    const [facts, self] = await Promise.all([
+      observeLocalHost(Deno.hostname(), roots.length > 0 ? roots : ["/"]),
+      this.provider.self(this.config.agent.listen.hostname),
+    ]);
+    const observation: HostObservation = {
+      ...facts,
+      agent: { version: this.version, ...(self ? { tailnetSelf: self } : {}) },
+    };
+    await this.auditLine(ctx, { action: "observe", decision: "allowed", status: 200 });
+    return c.json(observation);
+  }
+
+  // Issue 5 (rsync over a WebSocket) plugs in here, reusing identify() and
+  // deny(ctx, "sync.push" | "sync.pull", { path }).
+  async #sync(c: Context<AgentEnv>): Promise<Response> {
+    const ctx = await this.identify(c);
+    if (ctx instanceof Response) return ctx;
+    await this.auditLine(ctx, {
+      decision: "denied",
+      reason: "sync is not implemented by this agent yet",
+      status: 501,
+    });
+    return errorResponse(501, {
+      code: "not_implemented",
+      message: `ops-agent ${this.version} does not serve ${PATHS.sync} yet`,
+    });
+  }
+
+  async #run(c: Context<AgentEnv>): Promise<Response> {
+    const ctx = await this.identify(c);
+    if (ctx instanceof Response) return ctx;
+    const body = await readLimited(c.req.raw, this.config.agent.maxRequestBytes);
+    if (body === null) {
+      const limit = this.config.agent.maxRequestBytes;
+      await this.auditLine(ctx, {
+        decision: "denied",
+        reason: `request body over ${limit} bytes`,
+        status: 413,
+      });
+      return errorResponse(413, {
+        code: "request_too_large",
+        message:
+          `the request body is over this agent's limit of ${limit} bytes (agent.max_request_bytes)`,
+      });
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(new TextDecoder().decode(body));
+    } catch {
+      return await this.#malformed(ctx, "the body is not JSON: send Step.toJSON()");
+    }
+    let step: Step;
+    try {
+      step = Step.fromJSON(json);
+    } catch (error) {
+      if (!(error instanceof StepError)) throw error;
+      return await this.#malformed(ctx, error.message, error.field);
+    }
+    const digest = await stepDigest(json as Record<string, unknown>);
+    const about = { digest, ...(step.label !== undefined ? { label: step.label } : {}) };
+    const denied = await this.deny(ctx, step.action, about);
+    if (denied) return denied;
+    if (this.#stopping !== null || this.#runs.size >= this.config.agent.maxConcurrent) {
+      const reason = this.#stopping ?? `over max_concurrent (${this.config.agent.maxConcurrent})`;
+      await this.auditLine(ctx, {
+        ...about,
+        action: step.action,
+        decision: "denied",
+        reason,
+        status: this.#stopping ? 503 : 429,
+      });
+      return errorResponse(this.#stopping ? 503 : 429, {
+        code: this.#stopping ? "shutting_down" : "too_many_steps",
+        message: this.#stopping
+          ? "the agent is shutting down"
+          : `the agent is running ${this.#runs.size} steps, its limit (agent.max_concurrent); retry later`,
+      }, this.#stopping ? undefined : { "retry-after": "1" });
+    }
+    return this.#stream(ctx, step, about);
+  }
+
+  async #malformed(ctx: RequestContext, message: string, field?: string): Promise<Response> {
+    await this.auditLine(ctx, {
+      decision: "denied",
+      reason: `malformed request: ${message}`,
+      status: 400,
+    });
+    return errorResponse(400, {
+      code: field === undefined ? "malformed_request" : "invalid_step",
+      message,
+      ...(field === undefined ? {} : { field }),
+    });
+  }
+
+  /** Starts the step and answers with its events as they come. */
+  #stream(ctx: RequestContext, step: Step, about: { digest: string; label?: string }): Response {
+    const id = crypto.randomUUID();
+    const out = new EventStream();
+    const batcher = new LineBatcher(out);
+    const abort = new AbortController();
+    let stopReason: string | undefined;
+    const stop = (reason: string) => {
+      stopReason ??= reason;
+      abort.abort();
+    };
+    out.onCancel = () => stop("the client went away");
+    out.send({ type: "start", id, protocol: PROTOCOL_VERSION });
+    const heartbeat = setInterval(() => {
+      if (!out.full && performance.now() - out.lastSent >= HEARTBEAT_MS) out.send({ type: "ping" });
+    }, HEARTBEAT_MS / 2);
+
+    const entry: RunningStep = {
+      abort,
+      batcher,
+      done: Promise.resolve(),
+      stop: (reason) => {
+        // Shutting down: never wait on a stalled reader, drop instead.
+        batcher.nonBlocking = true;
+        stop(reason);
+      },
+    };
+    this.#runs.add(entry);
+    entry.done = (async () => {
+      let result: ProcessResult | undefined;
+      let failure: unknown;
+      try {
+        result = await runProcess({
+          argv: agentArgv(step),
+          env: { ...baseEnvironment(), ...step.env },
+          cwd: step.cwd,
+          stdin: step.stdin,
+          timeoutMs: step.timeoutMs,
+          killGraceMs: step.killGraceMs,
+          signal: abort.signal,
+        }, batcher);
+      } catch (error) {
+        failure = error;
+      }
+      clearInterval(heartbeat);
+      batcher.flush();
+      const record: Parameters<AgentCore["auditLine"]>[1] = {
+        id,
+        ...about,
+        action: step.action,
+        decision: "allowed",
+        status: 200,
+      };
+      if (result) {
+        Object.assign(record, {
+          exitCode: result.exitCode,
+          signal: result.signal,
+          timedOut: result.timedOut,
+          cancelled: result.cancelled,
+        });
+        if (stopReason) record.reason = stopReason;
+      } else {
+        record.reason = `the agent could not run the step: ${describe(failure)}`;
+      }
+      // The audit line is written before the last event: before the response completes.
+      await this.auditLine(ctx, record);
+      if (result) {
+        const exit: ExitEvent = {
+          type: "exit",
+          exitCode: result.exitCode,
+          signal: result.signal,
+          timedOut: result.timedOut,
+          cancelled: result.cancelled,
+          durationMs: result.durationMs,
+          lines: result.lines,
+        };
+        if (batcher.dropped > 0) exit.dropped = batcher.dropped;
+        if (stopReason) exit.reason = stopReason;
+        out.send(exit);
+      } else {
+        out.send({
+          type: "error",
+          code: failure instanceof Deno.errors.NotCapable ? "not_capable" : "spawn_failed",
+          message: `the agent could not run the step: ${describe(failure)}`,
+        });
+      }
+      out.close();
+      this.#runs.delete(entry);
+    })();
+    return new Response(out.readable, {
+      headers: { "content-type": NDJSON_TYPE, "cache-control": "no-store" },
+    });
+  }
+}
+
+/** A JSON error answer in the shape of {@linkcode ErrorBody}. */
+export function errorResponse(
+  status: number,
+  error: ErrorBody["error"],
+  headers?: Record<string, string>,
+): Response {
+  return new Response(JSON.stringify({ error } satisfies ErrorBody), {
+    status,
+    headers: { "content-type": "application/json", ...headers },
+  });
+}
+
+/** The request body, or `null` when it is larger than `limit` bytes. */
+async function readLimited(request: Request, limit: number): Promise<Uint8Array | null> {
+  const declared = request.headers.get("content-length");
+  if (declared !== null && Number(declared) > limit) return null;
+  if (!request.body) return new Uint8Array();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  const reader = request.body.getReader();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > limit) {
+      await reader.cancel().catch(() => {});
+      return null;
+    }
+    chunks.push(value);
+  }
+  if (chunks.length === 1) return chunks[0];
+  const body = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    body.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return body;
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+}

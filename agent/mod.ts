@@ -1,0 +1,206 @@
+/**
+ * ops-agent as a library: read a config.toml, build the agent's Hono app from
+ * it, and serve it with `Deno.serve`. The `ops-agent` program
+ * (`agent/main.ts`) is a thin command line around {@linkcode serveAgent}.
+ *
+ * The agent identifies each caller by its tailnet node (tailscaled's whois
+ * for the connection's peer address; never a request header), maps it to
+ * capabilities with the config's `[[grant]]` tables and the tailnet's CapMap,
+ * intersects them with the host's `[ceiling]`, and runs allowed steps through
+ * the same spawn core as `LocalExec`, streaming their lines as NDJSON. Every
+ * decision is one line in the audit log. See docs/agent.md and
+ * docs/protocol.md.
+ *
+ * @example Serve a loopback agent for local development
+ * ```ts
+ * import { configFromObject, serveAgent } from "@makenot/ops-exec/agent";
+ *
+ * const config = configFromObject({
+ *   agent: { listen: "127.0.0.1:0", audit_log: "/tmp/ops-agent/audit.jsonl" },
+ *   identity: { provider: "loopback", loopback_identity: "user:dev@localhost" },
+ *   ceiling: { allow: ["demo.*", "observe"] },
+ *   grant: [{ to: ["user:dev@localhost"], allow: ["demo.*", "observe"] }],
+ * });
+ * await using agent = await serveAgent(config);
+ * console.log(`agent at ${agent.url}`);
+ * ```
+ *
+ * @module
+ */
+import type { Hono } from "hono";
+import type { ConfigError } from "../executor/errors.ts";
+import type { AgentConfig } from "./config.ts";
+import { AgentCore, type AgentEnv } from "./_app.ts";
+import { formatHostPort } from "./_net.ts";
+import { permissionProblems } from "./_permissions.ts";
+import { AGENT_VERSION } from "./_version.ts";
+
+export {
+  type AgentConfig,
+  type AgentSection,
+  configFromObject,
+  DEFAULT_MAX_CONCURRENT,
+  DEFAULT_MAX_REQUEST_BYTES,
+  type GrantRule,
+  type IdentityConfig,
+  LINUX_TAILSCALED_SOCKET,
+  loadConfig,
+  type LoopbackIdentityConfig,
+  parseConfig,
+  type TailscaleIdentityConfig,
+} from "./config.ts";
+export type { ListenAddress } from "./_net.ts";
+export type { AgentEnv } from "./_app.ts";
+export { AGENT_VERSION };
+
+/** The agent's Hono app with the state behind it. */
+export interface AgentApp {
+  /**
+   * The Hono app. Serve it with `Deno.serve(app.fetch)` (or
+   * `Deno.serve((req, info) => app.fetch(req, info))`): the caller is
+   * identified from the connection info `Deno.serve` passes as Hono's `env`.
+   * A request without it is answered 401.
+   */
+  readonly app: Hono<AgentEnv>;
+  /** The configuration it serves. */
+  readonly config: AgentConfig;
+  /** Steps running now. */
+  readonly running: number;
+  /**
+   * Cancels every running step (SIGTERM, its grace, SIGKILL to its group),
+   * refuses new ones, and resolves once each is over and audited.
+   */
+  stopRuns(reason: string): Promise<void>;
+  /** Closes the audit log and the identity provider's connections. */
+  close(): Promise<void>;
+}
+
+/**
+ * Builds the agent's Hono app for `config`: opens its audit log (creating the
+ * file and its directory if needed) and its identity provider.
+ *
+ * @example
+ * ```ts
+ * import { configFromObject, createAgentApp } from "@makenot/ops-exec/agent";
+ *
+ * const agent = await createAgentApp(configFromObject({
+ *   agent: { listen: "127.0.0.1:7070", audit_log: "/tmp/ops-agent/audit.jsonl" },
+ *   identity: { provider: "loopback", loopback_identity: "user:dev@localhost" },
+ *   ceiling: { allow: ["demo.*"] },
+ * }));
+ * const server = Deno.serve({ hostname: "127.0.0.1", port: 7070 }, agent.app.fetch);
+ * ```
+ *
+ * @param config A validated configuration.
+ * @returns The app and its state.
+ */
+export async function createAgentApp(config: AgentConfig): Promise<AgentApp> {
+  return await AgentCore.create(config);
+}
+
+/** Options of {@linkcode serveAgent}. */
+export interface ServeAgentOptions {
+  /** Shuts the agent down (gracefully) when aborted. */
+  signal?: AbortSignal;
+  /**
+   * After the running steps have ended, how long to wait for their last
+   * events to reach slow clients before closing anyway. Default 5000 ms.
+   */
+  flushTimeoutMs?: number;
+}
+
+/** A running agent. */
+export interface AgentServer extends AsyncDisposable {
+  /** The base URL, e.g. `http://127.0.0.1:7070` (with the real port when `listen` said 0). */
+  readonly url: string;
+  /** The address it listens on. */
+  readonly addr: Deno.NetAddr;
+  /** The app behind it. */
+  readonly agent: AgentApp;
+  /** Resolves once the agent has shut down. */
+  readonly finished: Promise<void>;
+  /**
+   * Shuts down gracefully: stops accepting connections, cancels running
+   * steps (each gets its `killGraceMs` between SIGTERM and SIGKILL), waits
+   * for their audit lines and last events, closes the audit log. Idempotent.
+   */
+  shutdown(): Promise<void>;
+}
+
+/**
+ * Serves the agent for `config` on its `listen` address.
+ *
+ * @example
+ * ```ts
+ * import { loadConfig, serveAgent } from "@makenot/ops-exec/agent";
+ *
+ * const server = await serveAgent(await loadConfig("/etc/ops-agent/config.toml"));
+ * Deno.addSignalListener("SIGTERM", () => server.shutdown());
+ * await server.finished;
+ * ```
+ *
+ * @param config A validated configuration.
+ * @param opts A signal that shuts the agent down, and the flush timeout.
+ * @returns The running server.
+ * @throws {ConfigError} When the permissions of this process do not cover the config.
+ */
+export async function serveAgent(
+  config: AgentConfig,
+  opts: ServeAgentOptions = {},
+): Promise<AgentServer> {
+  const problem = permissionProblems(config)[0];
+  if (problem) throw problem;
+  const core = await AgentCore.create(config);
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    server = Deno.serve({
+      hostname: config.agent.listen.hostname,
+      port: config.agent.listen.port,
+      onListen: () => {},
+    }, core.app.fetch);
+  } catch (error) {
+    await core.close();
+    throw error;
+  }
+  const addr = server.addr;
+  let finish!: () => void;
+  const finished = new Promise<void>((resolve) => (finish = resolve));
+  let shuttingDown: Promise<void> | undefined;
+  const shutdown = () => {
+    shuttingDown ??= (async () => {
+      const closing = server.shutdown();
+      await core.stopRuns("agent shutting down");
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        closing,
+        new Promise((resolve) => (timer = setTimeout(resolve, opts.flushTimeoutMs ?? 5000))),
+      ]);
+      clearTimeout(timer);
+      await core.close();
+      finish();
+    })();
+    return shuttingDown;
+  };
+  opts.signal?.addEventListener("abort", () => void shutdown(), { once: true });
+  if (opts.signal?.aborted) void shutdown();
+  return {
+    url: `http://${formatHostPort(addr.hostname, addr.port)}`,
+    addr,
+    agent: core,
+    finished,
+    shutdown,
+    [Symbol.asyncDispose]: shutdown,
+  };
+}
+
+/**
+ * What in `config` the permissions of this process do not cover (paths
+ * outside the `agent` permission set's scopes), as ConfigErrors naming the
+ * key. Empty under `-A`. `ops-agent --check` reports these.
+ *
+ * @param config A validated configuration.
+ * @returns The problems, possibly none.
+ */
+export function checkPermissions(config: AgentConfig): ConfigError[] {
+  return permissionProblems(config);
+}

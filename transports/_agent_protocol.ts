@@ -1,0 +1,124 @@
+// The wire protocol between AgentRpc and ops-agent: paths, event shapes and
+// error bodies. Both sides import it (neither loads the other's code); the
+// bytes go through the one NDJSON codec (executor/_ndjson.ts). Documented for
+// people in docs/protocol.md: keep the two in step.
+
+import type { LogLine } from "../executor/types.ts";
+
+/** The protocol's version, sent in the `start` event and `/v1/health`. */
+export const PROTOCOL_VERSION = 1;
+
+/** The endpoints of SPEC §5. */
+export const PATHS = {
+  health: "/v1/health",
+  capabilities: "/v1/capabilities",
+  run: "/v1/run",
+  observe: "/v1/observe",
+  sync: "/v1/sync",
+} as const;
+
+/** The media type of a `/v1/run` response. */
+export const NDJSON_TYPE = "application/x-ndjson";
+
+/** How often the agent sends a `ping` event while a step is silent. */
+export const HEARTBEAT_MS = 10_000;
+
+/** The first event of every run: the step passed every check and is starting. */
+export interface StartEvent {
+  type: "start";
+  /** The run's id, also written to the audit log. */
+  id: string;
+  /** The protocol version the agent speaks. */
+  protocol: number;
+}
+
+/**
+ * Consecutive lines of one stream: line `i` of `text` has `seq + i`. The agent
+ * batches lines (per pipe read, or up to a size) so that a busy step costs one
+ * JSON value per batch, not per line; the client delivers them one by one.
+ */
+export interface LinesEvent {
+  type: "lines";
+  stream: LogLine["stream"];
+  /** The `seq` of the first line of `text`. */
+  seq: number;
+  /** The lines, in order, without their newlines. */
+  text: string[];
+}
+
+/** Sent while a step is silent, so that a client can tell a dead agent from a quiet step. */
+export interface PingEvent {
+  type: "ping";
+}
+
+/** The last event of a run that ended: how the step ended. */
+export interface ExitEvent {
+  type: "exit";
+  exitCode: number | null;
+  signal: string | null;
+  timedOut: boolean;
+  cancelled: boolean;
+  durationMs: number;
+  lines: { stdout: number; stderr: number };
+  /** Lines the agent had to drop (only while shutting down, to a reader that stalled). */
+  dropped?: number;
+  /** Why the step was cancelled by the agent itself, e.g. `agent shutting down`. */
+  reason?: string;
+}
+
+/** The last event of a run that failed on the agent's side (e.g. a spawn refused). */
+export interface ErrorEvent {
+  type: "error";
+  code: string;
+  message: string;
+}
+
+/** Every event of a `/v1/run` response. */
+export type RunEvent = StartEvent | LinesEvent | PingEvent | ExitEvent | ErrorEvent;
+
+/** The JSON body of every 4xx/5xx answer. */
+export interface ErrorBody {
+  error: {
+    /** A stable code: `malformed_request`, `invalid_step`, `unknown_peer`, `capability_denied`, ... */
+    code: string;
+    /** A sentence a person can act on. */
+    message: string;
+    /** For `invalid_step`: the field at fault. */
+    field?: string;
+    /** For `capability_denied`: the refused action. */
+    action?: string;
+    /** For `capability_denied`: the sync path checked, if any. */
+    path?: string;
+    /** For `capability_denied`: why. */
+    reason?: string;
+  };
+}
+
+/** What `/v1/capabilities` answers. */
+export interface CapabilitiesBody {
+  /** The effective grant strings: (config ∪ CapMap) ∩ ceiling. */
+  capabilities: string[];
+  /** Who the agent takes the caller to be. */
+  caller: CallerSummary;
+}
+
+/** How the agent names a caller in answers and in its audit log. */
+export interface CallerSummary {
+  /** The login of a person's device; absent for tagged nodes. */
+  user?: string;
+  /** The node's tags (tagged nodes only). */
+  tags?: string[];
+  /** The node's name (MagicDNS name without the trailing dot). */
+  node?: string;
+  /** The node's stable id. */
+  nodeId?: string;
+  /** The identity provider that answered. */
+  provider: string;
+}
+
+/** What `/v1/health` answers. */
+export interface HealthBody {
+  ok: true;
+  version: string;
+  protocol: number;
+}

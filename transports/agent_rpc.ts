@@ -1,0 +1,477 @@
+import type { CapabilitySet } from "../capability/capability_set.ts";
+import { CapabilitySet as Capabilities } from "../capability/capability_set.ts";
+import { assertAllowed } from "../capability/guard.ts";
+import {
+  CapabilityDenied,
+  ConfigError,
+  OpsExecError,
+  StepError,
+  TransportError,
+} from "../executor/errors.ts";
+import { decodeJsonLines } from "../executor/_ndjson.ts";
+import type {
+  Executor,
+  HostObservation,
+  LogSink,
+  RunOptions,
+  RunOutput,
+  SyncOpts,
+  SyncResult,
+} from "../executor/types.ts";
+import type { Step } from "../step/step.ts";
+import {
+  type CapabilitiesBody,
+  type ErrorBody,
+  NDJSON_TYPE,
+  PATHS,
+  type RunEvent,
+} from "./_agent_protocol.ts";
+import { checkRemotePath } from "./_rsync.ts";
+
+/** Where the agent is, and how to reach it. */
+export interface AgentRpcOptions {
+  /** The agent's base URL, e.g. `http://100.101.102.103:7070`. */
+  url: string;
+  /**
+   * The local address to connect from (e.g. this machine's tailnet address
+   * when it has several). The agent identifies callers by this address.
+   */
+  localAddress?: string;
+  /** The name results and errors give the host. Default: the URL's `host:port`. */
+  host?: string;
+  /** How long to wait for the agent to answer a request's headers. Default 30 000 ms. */
+  connectTimeoutMs?: number;
+  /**
+   * How long a running step's stream may stay silent (the agent sends a
+   * heartbeat every 10 s) before the connection counts as lost. Default 45 000 ms.
+   */
+  idleTimeoutMs?: number;
+}
+
+/**
+ * Runs steps on a host through its `ops-agent`, over HTTP on the tailnet.
+ * Capabilities are enforced twice: here, before anything is sent, and by the
+ * agent, which identifies this machine by its tailnet node and applies the
+ * host's own ceiling (a refusal there is a {@linkcode CapabilityDenied} with
+ * scope `agent`). Lines stream back as NDJSON with backpressure: a slow sink
+ * slows the step on the agent host. HTTP connections are reused until
+ * {@linkcode AgentRpc.close}.
+ *
+ * @example
+ * ```ts
+ * import { CapabilitySet, ConsoleSink, Step } from "@makenot/ops-exec";
+ * import { AgentRpc } from "@makenot/ops-exec/rpc";
+ *
+ * await using mac = new AgentRpc(
+ *   { url: "http://100.101.102.103:7070" },
+ *   CapabilitySet.of("bento.*", "observe"),
+ * );
+ * const out = await mac.runStreaming(
+ *   Step.shell("bento.build", "xcodebuild -version"),
+ *   new ConsoleSink({ host: mac.host }),
+ * );
+ * console.log(out.exitCode, await mac.remoteCapabilities());
+ * ```
+ */
+export class AgentRpc implements Executor {
+  /** The name of the host in results and errors. */
+  readonly host: string;
+  readonly #caps: CapabilitySet;
+  readonly #base: URL;
+  readonly #localAddress?: string;
+  readonly #connectTimeoutMs: number;
+  readonly #idleTimeoutMs: number;
+  #client: Deno.HttpClient | null = null;
+
+  /**
+   * @param opts The agent's URL and how to reach it.
+   * @param caps The caller-side grant every call is checked against first.
+   * @throws {ConfigError} When the URL is not an http(s) URL.
+   */
+  constructor(opts: AgentRpcOptions, caps: CapabilitySet) {
+    let base: URL;
+    try {
+      base = new URL(opts.url);
+    } catch {
+      throw new ConfigError("url", `"${opts.url}" is not a URL (e.g. http://100.101.102.103:7070)`);
+    }
+    if (base.protocol !== "http:" && base.protocol !== "https:") {
+      throw new ConfigError("url", `"${opts.url}" must be an http:// or https:// URL`);
+    }
+    this.#base = base;
+    this.#caps = caps;
+    this.host = opts.host ?? base.host;
+    if (opts.localAddress !== undefined) this.#localAddress = opts.localAddress;
+    this.#connectTimeoutMs = opts.connectTimeoutMs ?? 30_000;
+    this.#idleTimeoutMs = opts.idleTimeoutMs ?? 45_000;
+  }
+
+  /** The caller-side grant this executor is scoped to. */
+  capabilities(): CapabilitySet {
+    return this.#caps;
+  }
+
+  /**
+   * Runs `step` on the agent's host, delivering its lines to `sink`.
+   *
+   * Aborting `opts.signal` closes the request: the agent then stops the step
+   * (SIGTERM to its group, its grace, SIGKILL) and the result, returned at
+   * once, says `cancelled`.
+   *
+   * @throws {CapabilityDenied} Scope `caller` before anything is sent; scope `agent` when the agent refuses.
+   * @throws {TransportError} `unreachable`, `unknown_peer`, `connection_lost`, `spawn_failed`, `protocol`.
+   */
+  async runStreaming(step: Step, sink: LogSink, opts: RunOptions = {}): Promise<RunOutput> {
+    assertAllowed(this.#caps, step.action, { host: this.host });
+    const started = performance.now();
+    const lines = { stdout: 0, stderr: 0 };
+    const output = (fields: Partial<RunOutput>): RunOutput => ({
+      host: this.host,
+      action: step.action,
+      exitCode: null,
+      signal: null,
+      success: false,
+      timedOut: false,
+      cancelled: false,
+      durationMs: performance.now() - started,
+      lines: { ...lines },
+      ...fields,
+    });
+    if (opts.signal?.aborted) return output({ cancelled: true, durationMs: 0 });
+
+    const abort = new AbortController();
+    const onAbort = () => abort.abort();
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    let idle = false;
+    let watchdog: ReturnType<typeof setInterval> | undefined;
+    try {
+      let response: Response;
+      try {
+        response = await this.#fetch(PATHS.run, {
+          method: "POST",
+          headers: { "content-type": "application/json", accept: NDJSON_TYPE },
+          body: JSON.stringify(step.toJSON()),
+        }, abort.signal);
+      } catch (error) {
+        if (opts.signal?.aborted) return output({ cancelled: true });
+        throw error;
+      }
+      if (!response.ok) throw await this.#errorFor(response, step.action);
+      if (!response.body) throw this.#protocol("the agent sent no event stream");
+
+      let lastEvent = performance.now();
+      let inSink = false;
+      watchdog = setInterval(() => {
+        if (!inSink && performance.now() - lastEvent > this.#idleTimeoutMs) {
+          idle = true;
+          abort.abort();
+        }
+      }, Math.min(1000, this.#idleTimeoutMs / 4));
+
+      let nextSeq = 0;
+      try {
+        for await (const value of decodeJsonLines(response.body)) {
+          lastEvent = performance.now();
+          const event = value as RunEvent;
+          switch (event?.type) {
+            case "lines": {
+              if (event.seq !== nextSeq || !Array.isArray(event.text)) {
+                throw this.#protocol(
+                  `lines out of order: expected seq ${nextSeq}, got ${event.seq}`,
+                );
+              }
+              const stream = event.stream === "stderr" ? "stderr" : "stdout";
+              const text = event.text;
+              for (let i = 0; i < text.length; i++) {
+                inSink = true;
+                try {
+                  const wait = sink.write({ stream, text: text[i], seq: nextSeq++ });
+                  lines[stream]++;
+                  if (wait) {
+                    await wait;
+                    lastEvent = performance.now();
+                  }
+                } catch (error) {
+                  throw new SinkFailure(error);
+                } finally {
+                  inSink = false;
+                }
+              }
+              break;
+            }
+            case "exit": {
+              const got = event.lines;
+              if (
+                !event.dropped &&
+                (got?.stdout !== lines.stdout || got?.stderr !== lines.stderr)
+              ) {
+                throw this.#protocol(
+                  `the agent sent ${got?.stdout}+${got?.stderr} lines, ${lines.stdout}+${lines.stderr} arrived`,
+                );
+              }
+              return output({
+                exitCode: event.exitCode,
+                signal: event.signal,
+                success: event.exitCode === 0 && !event.timedOut && !event.cancelled,
+                timedOut: event.timedOut,
+                cancelled: event.cancelled,
+                durationMs: event.durationMs,
+              });
+            }
+            case "error":
+              throw new TransportError("spawn_failed", this.host, event.message, {
+                detail: event.code,
+              });
+            case "start":
+            case "ping":
+              break;
+            default:
+              throw this.#protocol(`unknown event ${JSON.stringify(value).slice(0, 80)}`);
+          }
+        }
+      } catch (error) {
+        // The sink's own error is passed on; the finally block closes the
+        // request, so the agent kills the step's group.
+        if (error instanceof SinkFailure) throw error.error;
+        if (error instanceof OpsExecError) throw error;
+        if (opts.signal?.aborted) return output({ cancelled: true });
+        if (idle) {
+          throw new TransportError(
+            "connection_lost",
+            this.host,
+            `no data from the agent for ${this.#idleTimeoutMs} ms (not even its heartbeat): the connection is lost`,
+          );
+        }
+        throw new TransportError(
+          "connection_lost",
+          this.host,
+          `the connection to the agent broke mid-step: ${message(error)}`,
+          { cause: error },
+        );
+      }
+      if (opts.signal?.aborted) return output({ cancelled: true });
+      throw new TransportError(
+        "connection_lost",
+        this.host,
+        "the agent closed the connection mid-step, before the step's exit (did the agent stop or crash?)",
+      );
+    } finally {
+      clearInterval(watchdog);
+      opts.signal?.removeEventListener("abort", onAbort);
+      // Closing an unfinished response closes its connection: the agent stops the step.
+      abort.abort();
+    }
+  }
+
+  /**
+   * Reads the agent host's facts, with the agent's version and tailnet self.
+   *
+   * @throws {CapabilityDenied} When `observe` is not granted here or by the agent.
+   */
+  async observe(): Promise<HostObservation> {
+    assertAllowed(this.#caps, "observe", { host: this.host });
+    const response = await this.#fetch(PATHS.observe, { method: "GET" });
+    if (!response.ok) throw await this.#errorFor(response, "observe");
+    const facts = await this.#json(response) as HostObservation;
+    if (typeof facts?.hostname !== "string") throw this.#protocol("observe answered no hostname");
+    return { ...facts, host: this.host };
+  }
+
+  /**
+   * What the agent grants this caller after its host ceiling: (its config
+   * grants ∪ tailnet CapMap grants) ∩ ceiling. Actions outside it are refused
+   * by the agent even when this executor's own set allows them.
+   *
+   * @example
+   * ```ts
+   * import { CapabilitySet } from "@makenot/ops-exec";
+   * import { AgentRpc } from "@makenot/ops-exec/rpc";
+   *
+   * const agent = new AgentRpc({ url: "http://100.101.102.103:7070" }, CapabilitySet.of("*"));
+   * const granted = await agent.remoteCapabilities();
+   * console.log(granted.allows("bento.sign"));
+   * ```
+   *
+   * @returns The effective grant.
+   * @throws {TransportError} `unknown_peer` when the agent does not know this machine.
+   */
+  async remoteCapabilities(): Promise<CapabilitySet> {
+    const response = await this.#fetch(PATHS.capabilities, { method: "GET" });
+    if (!response.ok) throw await this.#errorFor(response);
+    const body = await this.#json(response) as CapabilitiesBody;
+    try {
+      return Capabilities.fromJSON(body?.capabilities, "capabilities");
+    } catch (error) {
+      throw this.#protocol(`the agent's capabilities do not parse: ${message(error)}`);
+    }
+  }
+
+  /**
+   * Copies from the agent's host. Not available yet: transfers through the
+   * agent arrive with its `/v1/sync` endpoint.
+   *
+   * @throws {CapabilityDenied} When `sync.pull` on `remotePath` is not granted.
+   * @throws {OpsExecError} `not_implemented`, otherwise.
+   */
+  pull(remotePath: string, _localPath: string, _opts: SyncOpts = {}): Promise<SyncResult> {
+    return this.#syncNotYet("sync.pull", remotePath);
+  }
+
+  /**
+   * Copies to the agent's host. Not available yet: transfers through the
+   * agent arrive with its `/v1/sync` endpoint.
+   *
+   * @throws {CapabilityDenied} When `sync.push` on `remotePath` is not granted.
+   * @throws {OpsExecError} `not_implemented`, otherwise.
+   */
+  push(_localPath: string, remotePath: string, _opts: SyncOpts = {}): Promise<SyncResult> {
+    return this.#syncNotYet("sync.push", remotePath);
+  }
+
+  /** Closes the pooled HTTP connections. Idempotent; a later call opens new ones. */
+  close(): Promise<void> {
+    this.#client?.close();
+    this.#client = null;
+    return Promise.resolve();
+  }
+
+  /** Same as {@linkcode AgentRpc.close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  #syncNotYet(action: "sync.push" | "sync.pull", remotePath: string): Promise<SyncResult> {
+    try {
+      const path = checkRemotePath(remotePath);
+      assertAllowed(this.#caps, action, { host: this.host, path });
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return Promise.reject(
+      new OpsExecError(
+        "not_implemented",
+        `${this.host}: ${action} through ops-agent is not implemented yet (it comes with the agent's /v1/sync endpoint); use SshExec or LocalExec for transfers meanwhile`,
+      ),
+    );
+  }
+
+  /**
+   * Sends a request and waits for the answer's headers, at most the connect
+   * timeout. `signal` (if any) goes on to cancel the body as well.
+   */
+  async #fetch(path: string, init: RequestInit, signal?: AbortSignal): Promise<Response> {
+    this.#client ??= Deno.createHttpClient(
+      this.#localAddress === undefined ? {} : { localAddress: this.#localAddress },
+    );
+    const controller = new AbortController();
+    if (signal) {
+      if (signal.aborted) controller.abort();
+      else signal.addEventListener("abort", () => controller.abort(), { once: true });
+    }
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, this.#connectTimeoutMs);
+    try {
+      return await fetch(new URL(path, this.#base), {
+        ...init,
+        client: this.#client,
+        signal: controller.signal,
+      });
+    } catch (error) {
+      if (signal?.aborted) throw error;
+      if (timedOut) {
+        throw new TransportError(
+          "unreachable",
+          this.host,
+          `the agent at ${this.#base.origin} did not answer within ${this.#connectTimeoutMs} ms`,
+          { cause: error },
+        );
+      }
+      throw new TransportError(
+        "unreachable",
+        this.host,
+        `cannot reach the agent at ${this.#base.origin}: ${reachability(error)}`,
+        { cause: error, detail: message(error) },
+      );
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async #json(response: Response): Promise<unknown> {
+    try {
+      return await response.json();
+    } catch (error) {
+      throw this.#protocol(`the agent's answer is not JSON: ${message(error)}`);
+    }
+  }
+
+  /** The typed error for a 4xx/5xx answer. */
+  async #errorFor(response: Response, action?: string): Promise<Error> {
+    let body: ErrorBody["error"] | undefined;
+    const text = await response.text().catch(() => "");
+    try {
+      body = (JSON.parse(text) as ErrorBody).error;
+    } catch {
+      // Not one of ours: described by the status below.
+    }
+    const said = body?.message ?? (text.trim().slice(0, 200) || response.statusText);
+    switch (response.status) {
+      case 401:
+        return new TransportError("unknown_peer", this.host, said, { detail: body?.code });
+      case 403:
+        return new CapabilityDenied(body?.action ?? action ?? "(unknown)", this.host, "agent", {
+          reason: body?.reason ?? said,
+          ...(body?.path ? { path: body.path } : {}),
+        });
+      case 400:
+        return body?.field !== undefined
+          ? new StepError(body.field, `the agent refused the step: ${said}`)
+          : this.#protocol(`the agent refused the request as malformed: ${said}`);
+      case 413:
+        return new StepError("(size)", `the step is too large for the agent: ${said}`);
+      case 429:
+        return new OpsExecError("agent_busy", `${this.host}: ${said}`);
+      case 501:
+        return new OpsExecError("not_implemented", `${this.host}: ${said}`);
+      case 503:
+        return body?.code === "identity_unavailable"
+          ? new TransportError("unknown_peer", this.host, said, { detail: body.code })
+          : new TransportError("unreachable", this.host, said, { detail: body?.code });
+      case 404:
+        return this.#protocol(
+          `${response.url} is not an ops-agent endpoint (is this an ops-agent, and a recent one?): ${said}`,
+        );
+      default:
+        return this.#protocol(`the agent answered HTTP ${response.status}: ${said}`);
+    }
+  }
+
+  #protocol(text: string): TransportError {
+    return new TransportError("protocol", this.host, text);
+  }
+}
+
+/** Carries a sink's error out of the event loop untouched. */
+class SinkFailure {
+  constructor(readonly error: unknown) {}
+}
+
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** A short reason for a failed connection, from the error chain. */
+function reachability(error: unknown): string {
+  const chain: string[] = [];
+  for (let e: unknown = error; e instanceof Error && chain.length < 4; e = e.cause) {
+    chain.push(e.message);
+  }
+  const all = chain.join(": ");
+  if (/refused/i.test(all)) return "connection refused (is ops-agent running and listening there?)";
+  if (/timed? ?out/i.test(all)) return `connection timed out (${all})`;
+  if (/unreachable|no route/i.test(all)) return `no route to the host (${all})`;
+  return all || "unknown error";
+}
