@@ -100,7 +100,11 @@ async function main(args: string[]): Promise<number> {
         ? `${config.identity.cli} whois`
         : `LocalAPI ${config.identity.socket}`
     }`;
-  console.log(`ops-agent ${AGENT_VERSION} listening on ${server.url} (identity: ${identity})`);
+  const socket = `[${server.addr.hostname}]:${server.addr.port}`;
+  const bound = server.url.includes(server.addr.hostname) ? "" : `, socket ${socket}`;
+  console.log(
+    `ops-agent ${AGENT_VERSION} listening on ${server.url} (identity: ${identity}${bound})`,
+  );
 
   const onSignal = (signal: Deno.Signal) => {
     console.log(`ops-agent: ${signal}: shutting down (running steps: ${server.agent.running})`);

@@ -31,7 +31,7 @@ import type { Hono } from "hono";
 import type { ConfigError } from "../executor/errors.ts";
 import type { AgentConfig } from "./config.ts";
 import { AgentCore, type AgentEnv } from "./_app.ts";
-import { formatHostPort } from "./_net.ts";
+import { formatHostPort, unmapAddress } from "./_net.ts";
 import { permissionProblems } from "./_permissions.ts";
 import { AGENT_VERSION } from "./_version.ts";
 
@@ -184,7 +184,8 @@ export async function serveAgent(
   opts.signal?.addEventListener("abort", () => void shutdown(), { once: true });
   if (opts.signal?.aborted) void shutdown();
   return {
-    url: `http://${formatHostPort(addr.hostname, addr.port)}`,
+    // A dual-stack socket bound to ::ffff:a.b.c.d is reached at a.b.c.d.
+    url: `http://${formatHostPort(unmapAddress(addr.hostname), addr.port)}`,
     addr,
     agent: core,
     finished,

@@ -7,6 +7,26 @@ import type { LogLine, LogSink } from "./types.ts";
 export const MAX_LINE_LENGTH = 1024 * 1024;
 
 /**
+ * The key of an optional method a sink may have to take many consecutive
+ * lines of one stream at once: `(stream, seq, text, count)`, where `text`
+ * holds `count` lines joined by `\n` and the first has `seq`. The agent's
+ * batcher has one, so a busy step's output is not cut into a string per line
+ * only to be joined again. A symbol, so no user sink gets it by accident.
+ */
+export const WRITE_LINES: unique symbol = Symbol("ops-exec.writeLines");
+
+/** A sink with the {@linkcode WRITE_LINES} method. */
+export interface BatchLogSink extends LogSink {
+  /** Takes `count` consecutive lines of `stream`, joined by `\n`, the first with `seq`. */
+  [WRITE_LINES](
+    stream: LogLine["stream"],
+    seq: number,
+    text: string,
+    count: number,
+  ): void | Promise<void>;
+}
+
+/**
  * Serialises the sink across both streams: one `seq` counter, one write in
  * flight. While the sink's promise is pending, neither stream is read, so the
  * child blocks on its pipe and memory stays flat.
@@ -26,8 +46,12 @@ export class LineGate {
   /** The readers in use, so that a drain can stop them. */
   readonly readers: Set<ReadableStreamDefaultReader<Uint8Array>> = new Set();
 
+  /** The sink takes batches ({@linkcode WRITE_LINES}). */
+  readonly batching: boolean;
+
   constructor(sink: LogSink) {
     this.#sink = sink;
+    this.batching = typeof (sink as Partial<BatchLogSink>)[WRITE_LINES] === "function";
   }
 
   /**
@@ -62,6 +86,46 @@ export class LineGate {
   async #afterBusy(stream: LogLine["stream"], text: string): Promise<void> {
     while (this.#busy) await this.#busy;
     await this.deliver(stream, text);
+  }
+
+  /**
+   * Delivers `count` lines joined by `\n` in one call, to a batching sink
+   * (see {@linkcode LineGate.batching}); otherwise as in `deliver`.
+   */
+  deliverMany(
+    stream: LogLine["stream"],
+    text: string,
+    count: number,
+  ): Promise<void> | undefined {
+    if (this.#busy) return this.#manyAfterBusy(stream, text, count);
+    if (this.discarding) return undefined;
+    let result: void | Promise<void>;
+    try {
+      result = (this.#sink as BatchLogSink)[WRITE_LINES](stream, this.#seq, text, count);
+    } catch (error) {
+      this.#fail(error);
+      return undefined;
+    } finally {
+      this.#seq += count;
+    }
+    this.counts[stream] += count;
+    if (result === undefined || result === null) return undefined;
+    const pending = Promise.resolve(result).then(
+      () => {
+        this.#busy = null;
+      },
+      (error) => {
+        this.#busy = null;
+        this.#fail(error);
+      },
+    );
+    this.#busy = pending;
+    return pending;
+  }
+
+  async #manyAfterBusy(stream: LogLine["stream"], text: string, count: number): Promise<void> {
+    while (this.#busy) await this.#busy;
+    await this.deliverMany(stream, text, count);
   }
 
   /** Whether a sink write is in flight. */
@@ -103,6 +167,15 @@ export async function pumpLines(
       const decoded = decoder.decode(value, { stream: true });
       const text = crlf ? decoded.replaceAll("\r", "\n") : decoded;
       let start = 0;
+      if (gate.batching) {
+        const batch = completeLines(partial, text);
+        if (batch) {
+          partial = "";
+          start = batch.next;
+          const wait = gate.deliverMany(name, batch.text, batch.count);
+          if (wait) await wait;
+        }
+      }
       for (;;) {
         const end = text.indexOf("\n", start);
         if (end < 0) break;
@@ -132,6 +205,33 @@ export async function pumpLines(
     gate.readers.delete(reader);
     reader.releaseLock();
   }
+}
+
+/**
+ * The complete lines of a chunk (`partial` carried over from the previous
+ * one, then `text` up to its last newline) as one string with their count,
+ * and where the rest of `text` starts. `null` when there is no complete line,
+ * or one is too long (the line-by-line path splits those).
+ */
+function completeLines(
+  partial: string,
+  text: string,
+): { text: string; count: number; next: number } | null {
+  const last = text.lastIndexOf("\n");
+  if (last < 0) return null;
+  let count = 0;
+  let start = 0;
+  let length = partial.length;
+  for (;;) {
+    const end = text.indexOf("\n", start);
+    if (end < 0 || end > last) break;
+    if (length + end - start > MAX_LINE_LENGTH) return null;
+    count++;
+    start = end + 1;
+    length = 0;
+  }
+  const body = text.slice(0, last);
+  return { text: partial.length === 0 ? body : partial + body, count, next: last + 1 };
 }
 
 /** Delivers a line of any length, in pieces of at most MAX_LINE_LENGTH. */

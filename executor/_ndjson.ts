@@ -40,7 +40,7 @@ export async function* decodeJsonLines(
         const line = partial + text.slice(start, end);
         partial = "";
         start = end + 1;
-        if (line.trim() !== "") yield parseLine(line);
+        if (!isBlank(line)) yield parseLine(line);
       }
       partial += text.slice(start);
       if (partial.length > max) {
@@ -48,11 +48,18 @@ export async function* decodeJsonLines(
       }
     }
     partial += decoder.decode();
-    if (partial.trim() !== "") yield parseLine(partial);
+    if (!isBlank(partial)) yield parseLine(partial);
   } finally {
     await reader.cancel().catch(() => {});
     reader.releaseLock();
   }
+}
+
+/** Whitespace only? Checked cheaply: a JSON line starts with a non-space. */
+function isBlank(line: string): boolean {
+  if (line.length === 0) return true;
+  const first = line.charCodeAt(0);
+  return (first === 0x20 || first === 0x09 || first === 0x0d) && line.trim() === "";
 }
 
 function parseLine(line: string): unknown {

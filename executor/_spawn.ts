@@ -4,6 +4,7 @@
 // lines with backpressure, and TERM -> grace -> KILL on timeout or cancel.
 
 import { LineGate, pumpLines } from "./_lines.ts";
+import { shellSignaller } from "./_signaller.ts";
 import type { LogSink, RunOutput } from "./types.ts";
 
 /** What to run and how. */
@@ -82,7 +83,7 @@ export async function runProcess(
   if (spec.signal?.aborted) return notStarted(gate, true);
 
   let child: Deno.ChildProcess;
-  const launcher = sessionLauncher();
+  const launcher = mayLaunch(spec.argv[0]) ? sessionLauncher() : null;
   const argv = launcher ? [launcher, "--wait", "--", ...spec.argv] : spec.argv;
   try {
     child = new Deno.Command(argv[0], {
@@ -186,6 +187,21 @@ function sessionLauncher(): string | null {
 }
 
 /**
+ * Whether `program` may go through the session launcher. Under a scoped
+ * `--allow-run` (the agent's permission set) Deno would only check the
+ * launcher, so a program outside the scope is spawned directly instead and
+ * refused by Deno itself (`NotCapable`), as the permission set intends.
+ */
+function mayLaunch(program: string): boolean {
+  try {
+    return Deno.permissions.querySync({ name: "run" }).state === "granted" ||
+      Deno.permissions.querySync({ name: "run", command: program }).state === "granted";
+  } catch {
+    return false;
+  }
+}
+
+/**
  * SIGTERM to the group, then SIGKILL after `graceMs` unless the main process
  * has exited by then. Either way the group gets its SIGKILL once the main
  * process exits (see `runProcess`).
@@ -222,6 +238,8 @@ export async function signalGroup(pgid: number, signal: Deno.Signal): Promise<vo
     }
     return;
   }
+  // A long-lived shell's builtin kill: no spawn per signal.
+  if (await shellSignaller.signal(pgid, signal)) return;
   try {
     await new Deno.Command("kill", {
       args: ["-s", signal.replace(/^SIG/, ""), "--", `-${pgid}`],

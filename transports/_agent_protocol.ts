@@ -33,17 +33,19 @@ export interface StartEvent {
 }
 
 /**
- * Consecutive lines of one stream: line `i` of `text` has `seq + i`. The agent
- * batches lines (per pipe read, or up to a size) so that a busy step costs one
- * JSON value per batch, not per line; the client delivers them one by one.
+ * Consecutive lines of one stream. `text` holds them joined by `\n` (a line
+ * never contains one): line `i` of `text.split("\n")` has `seq + i`. The
+ * agent batches lines (up to 64 Ki characters, or 2 ms after the first) so
+ * that a busy step costs one JSON string per batch, not per line; the client
+ * delivers them to its sink one by one.
  */
 export interface LinesEvent {
   type: "lines";
   stream: LogLine["stream"];
-  /** The `seq` of the first line of `text`. */
+  /** The `seq` of the first line. Greater than expected only after lines were `dropped`. */
   seq: number;
-  /** The lines, in order, without their newlines. */
-  text: string[];
+  /** The lines, in order, joined by `\n`. */
+  text: string;
 }
 
 /** Sent while a step is silent, so that a client can tell a dead agent from a quiet step. */

@@ -175,27 +175,29 @@ export class AgentRpc implements Executor {
           const event = value as RunEvent;
           switch (event?.type) {
             case "lines": {
-              if (event.seq !== nextSeq || !Array.isArray(event.text)) {
+              // A gap (seq ahead) means lines the agent dropped while shutting down.
+              if (!(event.seq >= nextSeq) || typeof event.text !== "string") {
                 throw this.#protocol(
                   `lines out of order: expected seq ${nextSeq}, got ${event.seq}`,
                 );
               }
+              nextSeq = event.seq;
               const stream = event.stream === "stderr" ? "stderr" : "stdout";
-              const text = event.text;
-              for (let i = 0; i < text.length; i++) {
-                inSink = true;
-                try {
+              const text = event.text.split("\n");
+              inSink = true;
+              try {
+                for (let i = 0; i < text.length; i++) {
                   const wait = sink.write({ stream, text: text[i], seq: nextSeq++ });
                   lines[stream]++;
                   if (wait) {
                     await wait;
                     lastEvent = performance.now();
                   }
-                } catch (error) {
-                  throw new SinkFailure(error);
-                } finally {
-                  inSink = false;
                 }
+              } catch (error) {
+                throw new SinkFailure(error);
+              } finally {
+                inSink = false;
               }
               break;
             }
