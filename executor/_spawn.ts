@@ -38,9 +38,30 @@ export interface ProcessSpec {
   carriageReturnEndsLine?: boolean;
   /**
    * How to stop the process on timeout or cancel. Default: SIGTERM to its
-   * group, `killGraceMs`, then SIGKILL to the group.
+   * group, `killGraceMs`, then SIGKILL to the group. `stdin` writes to the
+   * child's stdin while it is open (the ssh transport sends its remote
+   * wrapper a kill request this way).
    */
-  terminate?: (child: Deno.ChildProcess, graceMs: number) => Promise<void>;
+  terminate?: (child: Deno.ChildProcess, graceMs: number, stdin: StdinHandle) => Promise<void>;
+  /**
+   * Start the process in a session (and process group) of its own, so that
+   * its whole tree can be killed. Default `true`. The ssh transport's local
+   * client needs none (the remote wrapper owns the step's group) and is
+   * spared the extra exec; without a session, timeout and cancel signal the
+   * process alone and nothing is swept after it exits.
+   */
+  ownSession?: boolean;
+  /**
+   * Rewrites stderr's bytes before they are split into lines. The ssh
+   * transport strips its remote wrapper's status trailer here.
+   */
+  stderrTransform?: TransformStream<Uint8Array, Uint8Array>;
+}
+
+/** Writes to a running child's stdin (see {@linkcode ProcessSpec.terminate}). */
+export interface StdinHandle {
+  /** Writes `bytes` after whatever was written before; a no-op once stdin is closed. */
+  write(bytes: Uint8Array): Promise<void>;
 }
 
 /** How a process ended. */
@@ -83,7 +104,8 @@ export async function runProcess(
   if (spec.signal?.aborted) return notStarted(gate, true);
 
   let child: Deno.ChildProcess;
-  const launcher = mayLaunch(spec.argv[0]) ? sessionLauncher() : null;
+  const ownSession = spec.ownSession !== false;
+  const launcher = ownSession && mayLaunch(spec.argv[0]) ? sessionLauncher() : null;
   const argv = launcher ? [launcher, "--wait", "--", ...spec.argv] : spec.argv;
   try {
     child = new Deno.Command(argv[0], {
@@ -94,7 +116,7 @@ export async function runProcess(
       stdin: spec.stdin || spec.keepStdinOpen ? "piped" : "null",
       stdout: "piped",
       stderr: "piped",
-      detached: launcher === null,
+      detached: ownSession && launcher === null,
     }).spawn();
   } catch (error) {
     return await spawnFailure(spec, gate, error, started);
@@ -104,8 +126,10 @@ export async function runProcess(
   let timedOut = false;
   let cancelled = false;
   let terminating: Promise<void> | null = null;
+  const stdin = openStdin(child, spec);
   const terminate = () => {
-    terminating ??= (spec.terminate ?? terminateGroup)(child, spec.killGraceMs)
+    const stop = spec.terminate ?? (ownSession ? terminateGroup : terminateProcess);
+    terminating ??= stop(child, spec.killGraceMs, stdin.handle)
       .catch(() => {});
     return terminating;
   };
@@ -121,10 +145,13 @@ export async function runProcess(
   };
   spec.signal?.addEventListener("abort", onAbort, { once: true });
 
-  const stdinDone = writeStdin(child, spec);
+  const stdinDone = stdin.done;
   const lineOpts = { carriageReturnEndsLine: spec.carriageReturnEndsLine };
   const stdoutDone = pumpLines(child.stdout, "stdout", gate, lineOpts);
-  const stderrDone = pumpLines(child.stderr, "stderr", gate, lineOpts);
+  const stderr = spec.stderrTransform
+    ? child.stderr.pipeThrough(spec.stderrTransform)
+    : child.stderr;
+  const stderrDone = pumpLines(stderr, "stderr", gate, lineOpts);
   const output = Promise.all([stdoutDone, stderrDone]);
   // A reader's own error (not the sink's) must not go unhandled while we wait.
   output.catch(() => {});
@@ -138,7 +165,7 @@ export async function runProcess(
   }
   // The main process is gone: sweep whatever it left in its group, so that no
   // process of the step survives it, then read what is left in the pipes.
-  await signalGroup(pgid, "SIGKILL");
+  if (ownSession) await signalGroup(pgid, "SIGKILL");
   if (terminating) await terminating;
   await drain(output, gate, spec.drainMs ?? DEFAULT_DRAIN_MS);
   await stdinDone;
@@ -220,6 +247,25 @@ export async function terminateGroup(
   if (outcome === "grace") await signalGroup(child.pid, "SIGKILL");
 }
 
+/** SIGTERM to the process alone, then SIGKILL after `graceMs` unless it has exited. */
+async function terminateProcess(child: Deno.ChildProcess, graceMs: number): Promise<void> {
+  const send = (signal: Deno.Signal) => {
+    try {
+      child.kill(signal);
+    } catch {
+      // Already gone.
+    }
+  };
+  send("SIGTERM");
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const grace = new Promise<"grace">((resolve) => {
+    timer = setTimeout(() => resolve("grace"), graceMs);
+  });
+  const outcome = await Promise.race([child.status.then(() => "exited"), grace]);
+  clearTimeout(timer);
+  if (outcome === "grace") send("SIGKILL");
+}
+
 let canSignalGroups: boolean | undefined;
 
 /**
@@ -252,18 +298,36 @@ export async function signalGroup(pgid: number, signal: Deno.Signal): Promise<vo
   }
 }
 
-async function writeStdin(child: Deno.ChildProcess, spec: ProcessSpec): Promise<void> {
-  if (!spec.stdin && !spec.keepStdinOpen) return;
-  const writer = child.stdin.getWriter();
-  try {
-    if (spec.stdin && spec.stdin.length > 0) await writer.write(spec.stdin);
-    if (spec.keepStdinOpen) await child.status;
-    await writer.close();
-  } catch {
-    // The child closed its stdin (EPIPE) or exited: nothing to deliver to.
-  } finally {
-    writer.releaseLock();
+/**
+ * Writes `spec.stdin` and closes stdin (after the child exits when
+ * `keepStdinOpen`); meanwhile `handle` may write more.
+ */
+function openStdin(
+  child: Deno.ChildProcess,
+  spec: ProcessSpec,
+): { done: Promise<void>; handle: StdinHandle } {
+  if (!spec.stdin && !spec.keepStdinOpen) {
+    return { done: Promise.resolve(), handle: { write: () => Promise.resolve() } };
   }
+  const writer = child.stdin.getWriter();
+  let open = true;
+  const handle: StdinHandle = {
+    write: (bytes) => open ? writer.write(bytes).catch(() => {}) : Promise.resolve(),
+  };
+  const done = (async () => {
+    try {
+      if (spec.stdin && spec.stdin.length > 0) await writer.write(spec.stdin);
+      if (spec.keepStdinOpen) await child.status;
+      open = false;
+      await writer.close();
+    } catch {
+      // The child closed its stdin (EPIPE) or exited: nothing to deliver to.
+    } finally {
+      open = false;
+      writer.releaseLock();
+    }
+  })();
+  return { done, handle };
 }
 
 /**
