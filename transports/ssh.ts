@@ -1,0 +1,587 @@
+import type { CapabilitySet } from "../capability/capability_set.ts";
+import { assertAllowed } from "../capability/guard.ts";
+import { ConfigError, TransportError } from "../executor/errors.ts";
+import { baseEnvironment } from "../executor/_env.ts";
+import { type ProcessResult, runProcess, type StdinHandle } from "../executor/_spawn.ts";
+import type {
+  Executor,
+  HostObservation,
+  LogLine,
+  LogSink,
+  RunOptions,
+  RunOutput,
+  SyncOpts,
+  SyncResult,
+} from "../executor/types.ts";
+import type { Step } from "../step/step.ts";
+import { checkRemotePath, runRsync } from "./_rsync.ts";
+import {
+  checkSshOptions,
+  checkWord,
+  rsyncHost,
+  rsyncRemoteShell,
+  sshFailure,
+  sshOptionArgs,
+  type SshTarget,
+} from "./_ssh_args.ts";
+import { parseProbe, probeArgv } from "./_ssh_observe.ts";
+import {
+  encodeFrame,
+  KILL_REQUEST,
+  newNonce,
+  remoteCommand,
+  type RemoteSupervisor,
+  TrailerStripper,
+  wrapperFailure,
+} from "./_ssh_wrapper.ts";
+
+/** Options of {@linkcode SshExec}. */
+export interface SshExecOptions {
+  /** The host: a name, an address, or a `Host` alias of your ssh_config. */
+  host: string;
+  /** The login name. Default: ssh's own (ssh_config `User`, else your login). */
+  user?: string;
+  /** The TCP port. Default: ssh's own (ssh_config `Port`, else 22). */
+  port?: number;
+  /** A private key file. When given, only this key is offered (`IdentitiesOnly=yes`). */
+  identityFile?: string;
+  /** A known_hosts file to check the host key against instead of `~/.ssh/known_hosts`. */
+  knownHostsFile?: string;
+  /**
+   * More ssh_config options, each written `Name=value` and passed as `-o`.
+   * They come before SshExec's own defaults, so they win: e.g.
+   * `["StrictHostKeyChecking=accept-new"]` or `["ProxyJump=bastion"]`.
+   * `ControlMaster`, `ControlPath`, `ControlPersist`, `BatchMode`,
+   * `RequestTTY` and the like are managed by SshExec and refused.
+   */
+  sshOptions?: string[];
+  /** How long the multiplexed master outlives its last use, in seconds. Default 60. */
+  persistSeconds?: number;
+  /** The ssh program. Default `/usr/bin/ssh` where it exists, else `ssh` on the base PATH. */
+  sshProgram?: string;
+  /**
+   * How the remote side supervises a step: `perl` (exact wait status; on
+   * macOS and virtually every Linux server), `sh` (POSIX sh and setsid(1):
+   * a status above 128 reads as a signal), or `auto` (the default: perl
+   * where the remote account finds it, else sh).
+   */
+  remoteSupervisor?: RemoteSupervisor;
+}
+
+/** The default of {@linkcode SshExecOptions.persistSeconds}. */
+const DEFAULT_PERSIST_SECONDS = 60;
+/** How long the remote wrapper may take beyond the step's grace before the local ssh is killed. */
+const WRAPPER_MARGIN_MS = 2000;
+/** A backstop for establishing the master, beyond ssh's own ConnectTimeout. */
+const CONNECT_TIMEOUT_MS = 60_000;
+/** How long `observe()` may take. */
+const OBSERVE_TIMEOUT_MS = 30_000;
+
+/**
+ * Runs steps on a host over the system `ssh`, which authenticates exactly
+ * as it does for you (keys, ssh-agent, known_hosts, your ssh_config); ops-exec
+ * adds no credentials of its own.
+ *
+ * One ssh master per SshExec is opened on first use and multiplexes every
+ * step, `observe()` and rsync transfer (`ControlMaster=auto`, a private
+ * 0700 `ControlPath`, `ControlPersist=persistSeconds`); `close()` ends it.
+ * On the host, each step runs under a small POSIX wrapper in its own process
+ * group, with exactly the stated base environment plus `step.env`, no tty
+ * (stdout and stderr stay apart); a timeout, a cancel or a dropped
+ * connection kills the whole group. Quoting assumes a POSIX login shell on
+ * the remote account (sh, bash, dash, ksh, zsh). See docs/ssh.md.
+ *
+ * @example
+ * ```ts
+ * import { CapabilitySet, ConsoleSink, SshExec, Step } from "@makenot/ops-exec";
+ *
+ * await using web = new SshExec(
+ *   { host: "web-1.example.com", user: "deploy" },
+ *   CapabilitySet.of("sando.*", "observe", "sync.push:/srv/app"),
+ * );
+ * const out = await web.runStreaming(
+ *   Step.shell("sando.promote", "set -e; systemctl --user restart app", { timeoutMs: 60_000 }),
+ *   new ConsoleSink({ host: web.host }),
+ * );
+ * console.log(out.success, out.exitCode);
+ * ```
+ */
+export class SshExec implements Executor {
+  /** The host, as given in the options. */
+  readonly host: string;
+  readonly #caps: CapabilitySet;
+  readonly #target: SshTarget;
+  readonly #program: string;
+  readonly #supervisor: RemoteSupervisor;
+  #resolved: "perl" | "sh" = "sh";
+  #controlDir: string | null = null;
+  #master: Promise<void> | null = null;
+  #lastUse = 0;
+  #active = 0;
+
+  /**
+   * Checks the options; connects nothing until the first call.
+   *
+   * @param opts Where and how to reach the host.
+   * @param caps The caller-side grant every call is checked against.
+   * @throws {ConfigError} When an option is malformed (the message names it).
+   */
+  constructor(opts: SshExecOptions, caps: CapabilitySet) {
+    if (typeof opts !== "object" || opts === null) {
+      throw new ConfigError("", "SshExec needs an options object with at least a host");
+    }
+    const persist = opts.persistSeconds ?? DEFAULT_PERSIST_SECONDS;
+    if (!Number.isInteger(persist) || persist < 1 || persist > 86_400) {
+      throw new ConfigError("persistSeconds", `must be an integer from 1 to 86400, got ${persist}`);
+    }
+    if (
+      opts.port !== undefined &&
+      (!Number.isInteger(opts.port) || opts.port < 1 || opts.port > 65535)
+    ) {
+      throw new ConfigError("port", `must be an integer from 1 to 65535, got ${opts.port}`);
+    }
+    const supervisor = opts.remoteSupervisor ?? "auto";
+    if (!["auto", "perl", "sh"].includes(supervisor)) {
+      throw new ConfigError(
+        "remoteSupervisor",
+        `must be "auto", "perl" or "sh", got ${supervisor}`,
+      );
+    }
+    this.#target = {
+      host: checkWord("host", opts.host, true)!,
+      user: checkWord("user", opts.user),
+      port: opts.port,
+      identityFile: checkWord("identityFile", opts.identityFile),
+      knownHostsFile: checkWord("knownHostsFile", opts.knownHostsFile),
+      sshOptions: checkSshOptions(opts.sshOptions),
+      persistSeconds: persist,
+    };
+    this.#program = checkWord("sshProgram", opts.sshProgram) ?? defaultSshProgram();
+    this.#supervisor = supervisor;
+    this.host = this.#target.host;
+    this.#caps = caps;
+  }
+
+  /** The caller-side grant this executor is scoped to. */
+  capabilities(): CapabilitySet {
+    return this.#caps;
+  }
+
+  /**
+   * Runs `step` on the host, delivering its lines to `sink`.
+   *
+   * @throws {CapabilityDenied} Before any ssh process starts, when the set does not allow the action.
+   * @throws {TransportError} When ssh itself fails: `unreachable`, `auth_refused`,
+   *   `host_key_changed`, `host_key_unknown`, `connection_lost`, `protocol`. A step's own
+   *   non-zero exit (255 included) is a result, never one of these.
+   */
+  async runStreaming(step: Step, sink: LogSink, opts: RunOptions = {}): Promise<RunOutput> {
+    assertAllowed(this.#caps, step.action, { host: this.host });
+    if (opts.signal?.aborted) return this.#notStarted(step.action);
+    this.#active++;
+    try {
+      await this.#connect(opts.signal);
+      if (opts.signal?.aborted) return this.#notStarted(step.action);
+      return await this.#runRemote(
+        step.action,
+        {
+          argv: step.argv,
+          env: step.env,
+          cwd: step.cwd,
+          stdin: step.stdin,
+          timeoutMs: step.timeoutMs,
+          killGraceMs: step.killGraceMs,
+        },
+        sink,
+        opts.signal,
+      );
+    } finally {
+      this.#active--;
+      this.#lastUse = Date.now();
+    }
+  }
+
+  /**
+   * Copies `remotePath` on the host to `localPath`, with rsync over the master.
+   *
+   * @throws {CapabilityDenied} Before rsync starts, when `sync.pull` on `remotePath` is not granted.
+   * @throws {TransportError} `sync_failed` when rsync fails (its stderr is in `.detail`).
+   */
+  pull(remotePath: string, localPath: string, opts: SyncOpts = {}): Promise<SyncResult> {
+    return this.#sync("sync.pull", localPath, remotePath, opts);
+  }
+
+  /**
+   * Copies `localPath` to `remotePath` on the host, with rsync over the master.
+   *
+   * @throws {CapabilityDenied} Before rsync starts, when `sync.push` on `remotePath` is not granted.
+   * @throws {TransportError} `sync_failed` when rsync fails (its stderr is in `.detail`).
+   */
+  push(localPath: string, remotePath: string, opts: SyncOpts = {}): Promise<SyncResult> {
+    return this.#sync("sync.push", localPath, remotePath, opts);
+  }
+
+  /**
+   * Reads the host's facts with one POSIX probe (Linux or macOS): hostname,
+   * OS, arch, kernel, uptime, load, memory, and disk use of the granted sync
+   * roots (or `/`).
+   *
+   * @throws {CapabilityDenied} When `observe` is not granted.
+   * @throws {TransportError} When ssh fails or the probe's output cannot be read.
+   */
+  async observe(): Promise<HostObservation> {
+    assertAllowed(this.#caps, "observe", { host: this.host });
+    const granted = this.#caps.syncRoots();
+    const roots = granted.length > 0 ? granted : ["/"];
+    const stdout: string[] = [];
+    const stderr: string[] = [];
+    this.#active++;
+    try {
+      await this.#connect();
+      const out = await this.#runRemote("observe", {
+        argv: probeArgv(roots),
+        env: {},
+        timeoutMs: OBSERVE_TIMEOUT_MS,
+        killGraceMs: 1000,
+      }, {
+        write(line: LogLine) {
+          (line.stream === "stdout" ? stdout : stderr).push(line.text);
+        },
+      });
+      if (!out.success) {
+        const detail = stderr.join("\n").trim();
+        throw new TransportError(
+          "protocol",
+          this.host,
+          `the observe probe failed (${describeEnd(out)})${detail ? `: ${detail}` : ""}`,
+          { detail },
+        );
+      }
+      return parseProbe(stdout.join("\n"), this.host, roots);
+    } finally {
+      this.#active--;
+      this.#lastUse = Date.now();
+    }
+  }
+
+  /**
+   * Ends the ssh master (`ssh -O exit`) and removes its private directory.
+   * Idempotent; a later call opens a new master.
+   */
+  async close(): Promise<void> {
+    const dir = this.#controlDir;
+    if (dir === null) return;
+    this.#controlDir = null;
+    this.#master = null;
+    await this.#control("exit", dir).catch(() => {});
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+
+  /** Same as {@linkcode SshExec.close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  // ---- the master ---------------------------------------------------------
+
+  /**
+   * Makes sure a master is up before anything rides it, so that ssh's own
+   * failures (refused key, changed host key, no route) surface here, read in
+   * full, and never as a step's stderr. A master idle for about its persist
+   * time may have exited: check again then.
+   */
+  async #connect(signal?: AbortSignal): Promise<void> {
+    const idle = this.#active <= 1 && this.#lastUse > 0 &&
+      Date.now() - this.#lastUse > this.#target.persistSeconds * 1000 - 2000;
+    if (this.#master === null || idle) {
+      const opening = this.#openMaster(signal);
+      this.#master = opening;
+      opening.catch(() => {
+        if (this.#master === opening) this.#master = null;
+      });
+    }
+    await this.#master;
+  }
+
+  async #openMaster(signal?: AbortSignal): Promise<void> {
+    this.#controlDir ??= await Deno.makeTempDir({ dir: "/tmp", prefix: "oe-" });
+    await Deno.chmod(this.#controlDir, 0o700);
+    const marker = newNonce();
+    const lines: LogLine[] = [];
+    // One command proves the login shell runs commands, and finds out which
+    // supervisor the host can use.
+    const result = await runProcess({
+      argv: [
+        this.#program,
+        ...this.#sshArgs(),
+        "--",
+        this.host,
+        `echo ${marker}; command -v perl >/dev/null 2>&1 && echo perl || echo sh`,
+      ],
+      env: this.#sshEnvironment(),
+      killGraceMs: 1000,
+      timeoutMs: CONNECT_TIMEOUT_MS,
+      signal,
+      ownSession: false,
+    }, { write: (line) => void lines.push(line) });
+    if (result.cancelled) throw signal?.reason ?? new DOMException("aborted", "AbortError");
+    const stdout = lines.filter((l) => l.stream === "stdout").map((l) => l.text);
+    const at = stdout.indexOf(marker);
+    if (at >= 0) {
+      const found = stdout[at + 1] === "perl" ? "perl" : "sh";
+      this.#resolved = this.#supervisor === "auto" ? found : this.#supervisor;
+      return;
+    }
+    const stderr = lines.filter((l) => l.stream === "stderr").map((l) => l.text).join("\n");
+    if (result.timedOut) {
+      throw new TransportError(
+        "timeout",
+        this.host,
+        `no ssh connection within ${CONNECT_TIMEOUT_MS / 1000} s`,
+        { detail: stderr },
+      );
+    }
+    if (result.exitCode === 255 || stderr !== "") throw sshFailure(this.#target, stderr, "connect");
+    throw new TransportError(
+      "protocol",
+      this.host,
+      `the remote login shell did not run a plain command (exit ${result.exitCode}); ` +
+        `SshExec needs a POSIX shell on the remote account`,
+      { detail: stdout.join("\n") },
+    );
+  }
+
+  /** Runs `ssh -O <command>` against the master; resolves to ssh's exit code. */
+  async #control(command: "check" | "exit", dir = this.#controlDir): Promise<number | null> {
+    if (dir === null) return null;
+    const result = await runProcess({
+      argv: [this.#program, ...this.#sshArgs(dir), "-O", command, "--", this.host],
+      env: this.#sshEnvironment(),
+      killGraceMs: 500,
+      timeoutMs: 10_000,
+      ownSession: false,
+    }, { write() {} });
+    return result.exitCode;
+  }
+
+  #sshArgs(dir = this.#controlDir!): string[] {
+    return sshOptionArgs(this.#target, `${dir}/m`);
+  }
+
+  /** ssh's environment: the base one plus the agent socket, so agent keys work as for plain ssh. */
+  #sshEnvironment(): Record<string, string> {
+    const env = baseEnvironment();
+    const agent = readEnv("SSH_AUTH_SOCK");
+    if (agent) env.SSH_AUTH_SOCK = agent;
+    return env;
+  }
+
+  // ---- one run --------------------------------------------------------------
+
+  async #runRemote(
+    action: string,
+    run: {
+      argv: readonly string[];
+      env: Readonly<Record<string, string>>;
+      cwd?: string;
+      stdin?: Uint8Array;
+      timeoutMs?: number;
+      killGraceMs: number;
+    },
+    sink: LogSink,
+    signal?: AbortSignal,
+  ): Promise<RunOutput> {
+    const nonce = newNonce();
+    const trailer = new TrailerStripper(nonce);
+    const tail = new StderrTail(sink);
+    const result = await runProcess({
+      argv: [this.#program, ...this.#sshArgs(), "--", this.host, remoteCommand(this.#resolved)],
+      env: this.#sshEnvironment(),
+      stdin: encodeFrame({
+        nonce,
+        killGraceMs: run.killGraceMs,
+        argv: run.argv,
+        env: run.env,
+        cwd: run.cwd,
+        stdin: run.stdin,
+      }),
+      keepStdinOpen: true,
+      ownSession: false,
+      timeoutMs: run.timeoutMs,
+      killGraceMs: run.killGraceMs,
+      signal,
+      stderrTransform: trailer.transform,
+      terminate: (child, graceMs, stdin) => stopRemote(child, graceMs, stdin),
+    }, tail);
+    return await this.#outcome(action, result, trailer, tail);
+  }
+
+  /** Reads the run's outcome: the wrapper's trailer when there is one, else what ssh did. */
+  async #outcome(
+    action: string,
+    result: ProcessResult,
+    trailer: TrailerStripper,
+    tail: StderrTail,
+  ): Promise<RunOutput> {
+    const output = (exitCode: number | null, signal: string | null): RunOutput => ({
+      host: this.host,
+      action,
+      exitCode,
+      signal,
+      success: exitCode === 0 && !result.timedOut && !result.cancelled,
+      timedOut: result.timedOut,
+      cancelled: result.cancelled,
+      durationMs: result.durationMs,
+      lines: result.lines,
+    });
+    if (trailer.status) return output(trailer.status.exitCode, trailer.status.signal);
+    // No trailer: the wrapper never finished. When we stopped the run, the
+    // wrapper had the grace and a margin to answer and did not: the
+    // connection is gone and the step's fate on the host is unknown.
+    if (result.timedOut || result.cancelled) return output(null, null);
+    const detail = tail.text();
+    if (result.exitCode === 255 || result.signal !== null) {
+      const masterUp = (await this.#control("check")) === 0;
+      if (!masterUp) this.#master = null;
+      const error = sshFailure(this.#target, detail, "step");
+      if (error instanceof TransportError && error.kind !== "connection_lost") throw error;
+      throw new TransportError(
+        "connection_lost",
+        this.host,
+        `the ssh session ended (${
+          result.signal ? `ssh killed by ${result.signal}` : "ssh exit 255"
+        }) before the step reported its status; the master is ${
+          masterUp ? "still up" : "gone"
+        }. The remote wrapper kills the step's process group when its connection closes.${
+          detail ? ` ssh said: ${detail.split("\n").slice(-2).join(" / ")}` : ""
+        }`,
+        { detail },
+      );
+    }
+    throw wrapperFailure(this.host, result.exitCode, detail);
+  }
+
+  #notStarted(action: string): RunOutput {
+    return {
+      host: this.host,
+      action,
+      exitCode: null,
+      signal: null,
+      success: false,
+      timedOut: false,
+      cancelled: true,
+      durationMs: 0,
+      lines: { stdout: 0, stderr: 0 },
+    };
+  }
+
+  // ---- rsync ----------------------------------------------------------------
+
+  async #sync(
+    action: "sync.push" | "sync.pull",
+    localPath: string,
+    remotePath: string,
+    opts: SyncOpts,
+  ): Promise<SyncResult> {
+    const target = checkRemotePath(remotePath);
+    assertAllowed(this.#caps, action, { host: this.host, path: target });
+    opts.signal?.throwIfAborted();
+    this.#active++;
+    try {
+      await this.#connect(opts.signal);
+      return await runRsync({
+        host: this.host,
+        action,
+        localPath,
+        remotePath: target,
+        remotePrefix: `${rsyncHost(this.host)}:`,
+        remoteShell: rsyncRemoteShell(this.#program, this.#sshArgs()),
+        env: this.#sshEnvironment(),
+      }, opts);
+    } finally {
+      this.#active--;
+      this.#lastUse = Date.now();
+    }
+  }
+}
+
+/**
+ * Stops a remote step: asks the wrapper (a byte on its stdin) to SIGTERM the
+ * step's group, wait the grace and SIGKILL it. When the wrapper has not
+ * answered by the grace plus a margin, the connection is presumed gone: the
+ * local ssh is killed, which closes the session, and the wrapper kills the
+ * group when it sees its stdin close.
+ */
+async function stopRemote(
+  child: Deno.ChildProcess,
+  graceMs: number,
+  stdin: StdinHandle,
+): Promise<void> {
+  await stdin.write(KILL_REQUEST);
+  if (await exitsWithin(child, graceMs + WRAPPER_MARGIN_MS)) return;
+  try {
+    child.kill("SIGTERM");
+  } catch {
+    // Already gone.
+  }
+  if (await exitsWithin(child, 1000)) return;
+  try {
+    child.kill("SIGKILL");
+  } catch {
+    // Already gone.
+  }
+}
+
+async function exitsWithin(child: Deno.ChildProcess, ms: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const outcome = await Promise.race([
+    child.status.then(() => true),
+    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms))),
+  ]);
+  clearTimeout(timer);
+  return outcome;
+}
+
+/** Passes lines on to the sink, keeping the last stderr lines for a diagnostic. */
+class StderrTail implements LogSink {
+  readonly #sink: LogSink;
+  readonly #lines: string[] = [];
+
+  constructor(sink: LogSink) {
+    this.#sink = sink;
+  }
+
+  write(line: LogLine): void | Promise<void> {
+    if (line.stream === "stderr") {
+      this.#lines.push(line.text.slice(0, 2000));
+      if (this.#lines.length > 20) this.#lines.shift();
+    }
+    return this.#sink.write(line);
+  }
+
+  text(): string {
+    return this.#lines.join("\n").trim();
+  }
+}
+
+function describeEnd(out: RunOutput): string {
+  if (out.timedOut) return "timed out";
+  return out.signal ? `killed by ${out.signal}` : `exit ${out.exitCode}`;
+}
+
+function defaultSshProgram(): string {
+  try {
+    if (Deno.statSync("/usr/bin/ssh").isFile) return "/usr/bin/ssh";
+  } catch {
+    // Not there (or not readable under this permission set): use the PATH.
+  }
+  return "ssh";
+}
+
+function readEnv(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    return undefined;
+  }
+}
