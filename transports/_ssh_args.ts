@@ -187,7 +187,9 @@ export function sshFailure(
     new TransportError(kind, target.host, message, { detail });
 
   if (
-    /Bad configuration option|command-line line \d+|Unsupported option|garbage at end/i.test(detail)
+    /Bad configuration option|command-line: line \d+|Unsupported option|garbage at end/i.test(
+      detail,
+    )
   ) {
     return new ConfigError("sshOptions", `ssh rejected an option: ${lastLine(detail)}`);
   }
