@@ -15,7 +15,8 @@ import {
   type ErrorBody,
   type ExitEvent,
   type HealthBody,
-  HEARTBEAT_MS,
+  HEARTBEAT_HEADER,
+  heartbeatInterval,
   NDJSON_TYPE,
   PATHS,
   PROTOCOL_VERSION,
@@ -331,7 +332,7 @@ export class AgentCore {
           : `the agent is running ${this.#runs.size} steps, its limit (agent.max_concurrent); retry later`,
       }, this.#stopping ? undefined : { "retry-after": "1" });
     }
-    return this.#stream(ctx, step, about);
+    return this.#stream(ctx, step, about, c.req.header(HEARTBEAT_HEADER));
   }
 
   async #malformed(ctx: RequestContext, message: string, field?: string): Promise<Response> {
@@ -348,7 +349,12 @@ export class AgentCore {
   }
 
   /** Starts the step and answers with its events as they come. */
-  #stream(ctx: RequestContext, step: Step, about: { digest: string; label?: string }): Response {
+  #stream(
+    ctx: RequestContext,
+    step: Step,
+    about: { digest: string; label?: string },
+    heartbeatHeader: string | undefined,
+  ): Response {
     const id = crypto.randomUUID();
     const out = new EventStream();
     const batcher = new LineBatcher(out);
@@ -360,9 +366,10 @@ export class AgentCore {
     };
     out.onCancel = () => stop("the client went away");
     out.send({ type: "start", id, protocol: PROTOCOL_VERSION });
+    const every = heartbeatInterval(heartbeatHeader);
     const heartbeat = setInterval(() => {
-      if (!out.full && performance.now() - out.lastSent >= HEARTBEAT_MS) out.send({ type: "ping" });
-    }, HEARTBEAT_MS / 2);
+      if (!out.full && performance.now() - out.lastSent >= every) out.send({ type: "ping" });
+    }, every / 2);
 
     const entry: RunningStep = {
       abort,

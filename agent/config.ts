@@ -106,12 +106,43 @@ const SELECTOR = /^(?:(user|group|tag|node):(\S+)|\*)$/;
 export function parseConfig(text: string, source = "config.toml"): AgentConfig {
   let value: unknown;
   try {
-    value = parseToml(text);
+    // Integers as bigint, so that a TOML float (`16.0`) is not taken for one.
+    value = parseToml(text, { integersAsBigInt: true });
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     throw new ConfigError("", `${source} is not valid TOML: ${message}`, { cause: error });
   }
-  return configFromObject(value);
+  return configFromObject(fromToml(value, ""));
+}
+
+/** A TOML float where the config expects something else; kept so the error can say "a float". */
+class TomlFloat {
+  constructor(readonly value: number) {}
+}
+
+/** TOML integers (bigint) become numbers; floats become TomlFloat. */
+function fromToml(value: unknown, key: string): unknown {
+  if (typeof value === "bigint") {
+    if (value > BigInt(Number.MAX_SAFE_INTEGER) || value < BigInt(Number.MIN_SAFE_INTEGER)) {
+      throw new ConfigError(key, `${value} is out of range`);
+    }
+    return Number(value);
+  }
+  if (typeof value === "number") return new TomlFloat(value);
+  if (Array.isArray(value)) return value.map((item, i) => fromToml(item, `${key}[${i}]`));
+  if (isTable(value)) {
+    const table: Record<string, unknown> = {};
+    for (const [name, item] of Object.entries(value)) {
+      table[name] = fromToml(item, key ? `${key}.${name}` : name);
+    }
+    return table;
+  }
+  return value;
+}
+
+/** A type description for messages, that knows TOML floats. */
+function describe(value: unknown): string {
+  return value instanceof TomlFloat ? `a float (${value.value})` : typeName(value);
 }
 
 /**
@@ -248,7 +279,7 @@ function readGrants(value: unknown): GrantRule[] {
   if (!Array.isArray(value)) {
     throw new ConfigError(
       "grant",
-      `must be an array of tables ([[grant]]), got ${typeName(value)}`,
+      `must be an array of tables ([[grant]]), got ${describe(value)}`,
     );
   }
   return value.map((item, i) => {
@@ -263,7 +294,7 @@ function readGrants(value: unknown): GrantRule[] {
         throw new ConfigError(
           `${key}.to[${j}]`,
           `${
-            typeof selector === "string" ? `"${printable(selector)}"` : typeName(selector)
+            typeof selector === "string" ? `"${printable(selector)}"` : describe(selector)
           } is not a selector: use "user:LOGIN", "group:NAME", "tag:NAME", "node:NAME" or "*"`,
         );
       }
@@ -275,7 +306,7 @@ function readGrants(value: unknown): GrantRule[] {
 
 function table(value: unknown, key: string, known: readonly string[]): Record<string, unknown> {
   if (!isTable(value)) {
-    throw new ConfigError(key || "(root)", `must be a table, got ${typeName(value)}`);
+    throw new ConfigError(key || "(root)", `must be a table, got ${describe(value)}`);
   }
   for (const name of Object.keys(value)) {
     if (!known.includes(name)) {
@@ -308,7 +339,7 @@ function required(t: Record<string, unknown>, name: string, parent: string): unk
 
 function string(value: unknown, key: string): string {
   if (typeof value !== "string") {
-    throw new ConfigError(key, `must be a string, got ${typeName(value)}`);
+    throw new ConfigError(key, `must be a string, got ${describe(value)}`);
   }
   if (value.includes("\0")) throw new ConfigError(key, "contains a NUL byte");
   return value;
@@ -331,7 +362,7 @@ function absolutePath(value: unknown, key: string): string {
 function integer(value: unknown, key: string, min: number, max: number): number | undefined {
   if (value === undefined) return undefined;
   if (typeof value !== "number" || !Number.isInteger(value)) {
-    throw new ConfigError(key, `must be an integer, got ${typeName(value)}`);
+    throw new ConfigError(key, `must be an integer, got ${describe(value)}`);
   }
   if (value < min || value > max) {
     throw new ConfigError(key, `must be between ${min} and ${max}, got ${value}`);

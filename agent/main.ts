@@ -87,12 +87,24 @@ async function main(args: string[]): Promise<number> {
   }
   if (problems.length > 0) return reportConfigError(values.config, problems[0]);
 
+  // Signals first: a SIGTERM that arrives while starting still stops cleanly.
+  const stop = new AbortController();
+  let running = () => 0;
+  const listeners = (["SIGTERM", "SIGINT"] as const).map((signal) => {
+    const listener = () => {
+      console.log(`ops-agent: ${signal}: shutting down (running steps: ${running()})`);
+      stop.abort();
+    };
+    Deno.addSignalListener(signal, listener);
+    return [signal, listener] as const;
+  });
   let server;
   try {
-    server = await serveAgent(config);
+    server = await serveAgent(config, { signal: stop.signal });
   } catch (error) {
     return reportConfigError(values.config, error);
   }
+  running = () => server.agent.running;
   const identity = config.identity.provider === "loopback"
     ? `loopback as ${config.identity.identity}`
     : `tailscale via ${
@@ -105,16 +117,6 @@ async function main(args: string[]): Promise<number> {
   console.log(
     `ops-agent ${AGENT_VERSION} listening on ${server.url} (identity: ${identity}${bound})`,
   );
-
-  const onSignal = (signal: Deno.Signal) => {
-    console.log(`ops-agent: ${signal}: shutting down (running steps: ${server.agent.running})`);
-    void server.shutdown();
-  };
-  const listeners = (["SIGTERM", "SIGINT"] as const).map((signal) => {
-    const listener = () => onSignal(signal);
-    Deno.addSignalListener(signal, listener);
-    return [signal, listener] as const;
-  });
   await server.finished;
   for (const [signal, listener] of listeners) Deno.removeSignalListener(signal, listener);
   console.log("ops-agent: stopped");

@@ -121,3 +121,49 @@ export async function startAgentProcess(
   };
   return agent;
 }
+
+/** Options of {@linkcode loopbackConfig}. */
+export interface LoopbackConfigOptions {
+  /** `[ceiling] allow`. Default `["test.*", "observe"]`. */
+  ceiling?: string[];
+  /** What `user:dev@localhost` is granted. Default: the ceiling. */
+  allow?: string[];
+  /** `max_concurrent`. */
+  maxConcurrent?: number;
+  /** `max_request_bytes`. */
+  maxRequestBytes?: number;
+}
+
+/** A loopback-provider config for `startAgentProcess` (every caller is `user:dev@localhost`). */
+export function loopbackConfig(opts: LoopbackConfigOptions = {}): string {
+  const ceiling = opts.ceiling ?? ["test.*", "observe"];
+  const limits = [
+    opts.maxConcurrent === undefined ? "" : `max_concurrent = ${opts.maxConcurrent}`,
+    opts.maxRequestBytes === undefined ? "" : `max_request_bytes = ${opts.maxRequestBytes}`,
+  ].filter(Boolean).join("\n");
+  return `
+[agent]
+listen = "127.0.0.1:0"
+audit_log = "{dir}/audit.jsonl"
+${limits}
+
+[identity]
+provider = "loopback"
+loopback_identity = "user:dev@localhost"
+
+[ceiling]
+allow = ${JSON.stringify(ceiling)}
+
+[[grant]]
+to = ["user:dev@localhost"]
+allow = ${JSON.stringify(opts.allow ?? ceiling)}
+`;
+}
+
+/** The agent's resident set size, in bytes, from /proc (Linux). */
+export function rssBytes(pid: number): number {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  const kib = /VmRSS:\s+(\d+)\s+kB/.exec(status);
+  if (!kib) throw new Error(`no VmRSS for ${pid}`);
+  return Number(kib[1]) * 1024;
+}

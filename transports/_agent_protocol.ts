@@ -20,8 +20,21 @@ export const PATHS = {
 /** The media type of a `/v1/run` response. */
 export const NDJSON_TYPE = "application/x-ndjson";
 
-/** How often the agent sends a `ping` event while a step is silent. */
+/** How often the agent sends a `ping` event while a step is silent, unless asked otherwise. */
 export const HEARTBEAT_MS = 10_000;
+
+/**
+ * The request header in which a client asks for another heartbeat interval
+ * (milliseconds, clamped to 500..60 000), to match its own idle timeout.
+ */
+export const HEARTBEAT_HEADER = "x-ops-heartbeat-ms";
+
+/** The heartbeat interval a request asks for (its header), clamped; the default otherwise. */
+export function heartbeatInterval(header: string | null | undefined): number {
+  const asked = Number(header);
+  if (!header || !Number.isFinite(asked)) return HEARTBEAT_MS;
+  return Math.min(60_000, Math.max(500, Math.round(asked)));
+}
 
 /** The first event of every run: the step passed every check and is starting. */
 export interface StartEvent {

@@ -22,6 +22,7 @@ import type { Step } from "../step/step.ts";
 import {
   type CapabilitiesBody,
   type ErrorBody,
+  HEARTBEAT_HEADER,
   NDJSON_TYPE,
   PATHS,
   type RunEvent,
@@ -42,8 +43,10 @@ export interface AgentRpcOptions {
   /** How long to wait for the agent to answer a request's headers. Default 30 000 ms. */
   connectTimeoutMs?: number;
   /**
-   * How long a running step's stream may stay silent (the agent sends a
-   * heartbeat every 10 s) before the connection counts as lost. Default 45 000 ms.
+   * How long a running step's stream may stay silent before the connection
+   * counts as lost (a frozen host, a dropped route). The agent is asked for
+   * a heartbeat every third of it, so a quiet step never trips it. Default
+   * 45 000 ms; at least 1 500.
    */
   idleTimeoutMs?: number;
 }
@@ -103,7 +106,7 @@ export class AgentRpc implements Executor {
     this.host = opts.host ?? base.host;
     if (opts.localAddress !== undefined) this.#localAddress = opts.localAddress;
     this.#connectTimeoutMs = opts.connectTimeoutMs ?? 30_000;
-    this.#idleTimeoutMs = opts.idleTimeoutMs ?? 45_000;
+    this.#idleTimeoutMs = Math.max(1500, opts.idleTimeoutMs ?? 45_000);
   }
 
   /** The caller-side grant this executor is scoped to. */
@@ -149,7 +152,12 @@ export class AgentRpc implements Executor {
       try {
         response = await this.#fetch(PATHS.run, {
           method: "POST",
-          headers: { "content-type": "application/json", accept: NDJSON_TYPE },
+          headers: {
+            "content-type": "application/json",
+            accept: NDJSON_TYPE,
+            // A heartbeat well inside the idle timeout: a quiet step is not a dead agent.
+            [HEARTBEAT_HEADER]: String(Math.floor(this.#idleTimeoutMs / 3)),
+          },
           body: JSON.stringify(step.toJSON()),
         }, abort.signal);
       } catch (error) {

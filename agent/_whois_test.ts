@@ -1,0 +1,135 @@
+import { assert, assertEquals, assertFalse, assertThrows } from "@deps/assert";
+import { whoisText } from "../tests/_tailscale_standin.ts";
+import { selectorMatches } from "./_grants.ts";
+import { isLoopback, parseListen, unmapAddress } from "./_net.ts";
+import { parseWhois, WhoisFormatError } from "./_whois.ts";
+
+const CAPMAP = "makenot.work/cap/ops-exec";
+
+Deno.test("whois: a person's device", () => {
+  const alice = parseWhois(whoisText("user-node"), "100.93.46.75:1234");
+  assertEquals(alice.login, "alice@example.com");
+  assertEquals(alice.groups, ["group:ops"]);
+  assertEquals(alice.tags, []);
+  assertEquals(alice.nodeName, "alice-laptop.tail78f774.ts.net");
+  assertEquals(alice.nodeShortName, "alice-laptop");
+  assertEquals(alice.nodeId, "nSwZHPm4c121CNTRL");
+  assertEquals(alice.addresses, ["100.93.46.75", "fd7a:115c:a1e0::9137:2e4b"]);
+  assert(selectorMatches("user:alice@example.com", alice));
+  assert(selectorMatches("user:Alice@Example.com", alice), "logins compare without case");
+  assert(selectorMatches("group:ops", alice));
+  assert(selectorMatches("node:alice-laptop", alice));
+  assert(selectorMatches("node:alice-laptop.tail78f774.ts.net", alice));
+  assert(selectorMatches("node:nSwZHPm4c121CNTRL", alice));
+  assert(selectorMatches("*", alice));
+  assertFalse(selectorMatches("user:bob@example.com", alice));
+  assertFalse(selectorMatches("tag:ops", alice));
+});
+
+Deno.test("whois: a tagged node is never a person, Node.Tags first", () => {
+  const runner = parseWhois(whoisText("tagged-node"), "100.101.7.12:1");
+  assertEquals(runner.login, undefined);
+  assertEquals(runner.tags, ["tag:sando"]);
+  assertFalse(selectorMatches("user:tagged-devices", runner));
+  assert(selectorMatches("tag:sando", runner));
+  // Old Headscale: a tagged node that kept its owner's user and groups.
+  const legacy = parseWhois(
+    whoisText("tagged-node", { loginName: "alice@example.com", groups: ["group:ops"] }),
+    "x",
+  );
+  assertFalse(selectorMatches("user:alice@example.com", legacy));
+  assertFalse(selectorMatches("group:ops", legacy));
+  assert(selectorMatches("tag:sando", legacy));
+  // tagged-devices without tags: still not a person.
+  const odd = parseWhois(
+    whoisText("user-node", { loginName: "tagged-devices" }),
+    "x",
+  );
+  assertFalse(selectorMatches("user:tagged-devices", odd));
+  assertFalse(selectorMatches("group:ops", odd));
+});
+
+Deno.test("whois: CapMap grants; bad entries grant nothing and are reported", () => {
+  const bob = parseWhois(whoisText("capmap-grant"), "x", CAPMAP);
+  assertEquals(bob.capGrants.toJSON(), ["bento.build", "bento.sign", "observe"]);
+  assertEquals(bob.capProblems, []);
+  assertEquals(
+    parseWhois(whoisText("capmap-grant"), "x").capGrants.toJSON(),
+    [],
+    "no capmap key, no grants",
+  );
+  const mixed = parseWhois(
+    whoisText("capmap-grant", {
+      capMap: {
+        [CAPMAP]: [{ allow: ["ok.*"] }, { allow: ["Bad"] }, "nope", { allow: ["x"], extra: 1 }],
+        "other.example/cap": [{ allow: ["*"] }],
+      },
+    }),
+    "x",
+    CAPMAP,
+  );
+  assertEquals(mixed.capGrants.toJSON(), ["ok.*"]);
+  assertEquals(mixed.capProblems.length, 3);
+});
+
+Deno.test("whois: numeric IDs are never used; Headscale shapes; mapped addresses", () => {
+  const bob = parseWhois(whoisText("capmap-grant"), "x");
+  const twin = parseWhois(
+    whoisText("capmap-grant", { nodeIdDigits: "30504053928343273", stableId: "nTwin" }),
+    "x",
+  );
+  assertEquals(
+    JSON.parse("30504053928343273"),
+    JSON.parse("30504053928343272"),
+    "the IDs collide as doubles",
+  );
+  assertEquals(bob.nodeId, "nBento9mac11CNTRL");
+  assertEquals(twin.nodeId, "nTwin");
+  assertFalse(selectorMatches("node:nBento9mac11CNTRL", twin));
+  const carol = parseWhois(whoisText("headscale-node"), "x");
+  assertEquals([carol.login, carol.nodeId, carol.nodeName], [
+    "carol",
+    "7",
+    "carol-desktop.ops.internal",
+  ]);
+  const mapped = parseWhois(
+    whoisText("user-node", {
+      addresses: ["::ffff:100.93.46.75/128", "fd7a:115c:a1e0::9137:2e4b/128"],
+    }),
+    "x",
+  );
+  assertEquals(mapped.addresses, ["100.93.46.75", "fd7a:115c:a1e0::9137:2e4b"]);
+  assertThrows(() => parseWhois("not json", "x"), WhoisFormatError);
+  assertThrows(() => parseWhois('{"Node": null, "UserProfile": {}}', "x"), WhoisFormatError);
+  assertThrows(
+    () => parseWhois('{"Node": {"Tags": "tag:x"}, "UserProfile": {}}', "x"),
+    WhoisFormatError,
+  );
+});
+
+Deno.test("addresses: unmapping, loopback, listen values", () => {
+  assertEquals(unmapAddress("::ffff:100.64.0.7"), "100.64.0.7");
+  assertEquals(unmapAddress("::FFFF:127.0.0.1"), "127.0.0.1");
+  assertEquals(unmapAddress("fd7a:115c:a1e0::7"), "fd7a:115c:a1e0::7");
+  assertEquals(unmapAddress("::ffff:999.1.1.1"), "::ffff:999.1.1.1");
+  for (
+    const yes of [
+      "127.0.0.1",
+      "127.9.9.9",
+      "::1",
+      "0:0:0:0:0:0:0:1",
+      "::ffff:127.0.0.2",
+      "localhost",
+    ]
+  ) {
+    assert(isLoopback(yes), yes);
+  }
+  for (const no of ["100.64.0.1", "0.0.0.0", "::", "::ffff:100.64.0.1", "128.0.0.1"]) {
+    assertFalse(isLoopback(no), no);
+  }
+  assertEquals(parseListen("[::ffff:127.0.0.1]:0"), { hostname: "::ffff:127.0.0.1", port: 0 });
+  assertEquals(typeof parseListen("example.com:80"), "string");
+  assertEquals(typeof parseListen("1.2.3.4"), "string");
+  assertEquals(typeof parseListen("[1.2.3.4]:1"), "string");
+  assertEquals(typeof parseListen("256.1.1.1:1"), "string");
+});

@@ -1,0 +1,153 @@
+import { assert, assertEquals, assertThrows } from "@deps/assert";
+import { ConfigError } from "../executor/errors.ts";
+import {
+  configFromObject,
+  DEFAULT_MAX_CONCURRENT,
+  DEFAULT_MAX_REQUEST_BYTES,
+  LINUX_TAILSCALED_SOCKET,
+  parseConfig,
+} from "./config.ts";
+
+const DEPLOY = Deno.readTextFileSync(new URL("../deploy/config.toml", import.meta.url));
+
+const minimal = () => ({
+  agent: { listen: "127.0.0.1:7070", audit_log: "/tmp/ops-agent/a.jsonl" },
+  identity: { provider: "loopback", loopback_identity: "user:dev@localhost" },
+  ceiling: { allow: ["demo.*"] },
+});
+
+function keyOf(fn: () => unknown): string | undefined {
+  return assertThrows(fn, ConfigError).key;
+}
+
+Deno.test("config: the deploy example parses to what it says", () => {
+  const config = parseConfig(DEPLOY);
+  assertEquals(config.agent.listen, { hostname: "100.101.102.103", port: 7070 });
+  assertEquals(config.agent.auditLog, "/var/log/ops-agent/audit.jsonl");
+  assertEquals(config.agent.maxConcurrent, 16);
+  assertEquals(config.identity, {
+    provider: "tailscale",
+    socket: "/var/run/tailscale/tailscaled.sock",
+    capmap: "makenot.work/cap/ops-exec",
+  });
+  assertEquals(config.ceiling.toJSON(), [
+    "bento.*",
+    "observe",
+    "sando.*",
+    "sync.pull:/srv/app",
+    "sync.push:/srv/app",
+  ]);
+  assertEquals(config.grants.length, 2);
+  assertEquals(config.grants[1].to, ["tag:sando"]);
+  assert(config.grants[1].allow.allows("sync.push", "/srv/app/releases"));
+  assert(Object.isFrozen(config) && Object.isFrozen(config.agent));
+});
+
+Deno.test("config: defaults, and the tailscale whois source by platform", () => {
+  const config = configFromObject(minimal());
+  assertEquals(config.agent.maxConcurrent, DEFAULT_MAX_CONCURRENT);
+  assertEquals(config.agent.maxRequestBytes, DEFAULT_MAX_REQUEST_BYTES);
+  assertEquals(config.grants, []);
+  const tailscale = configFromObject({
+    ...minimal(),
+    identity: { provider: "tailscale" },
+  });
+  assertEquals(
+    tailscale.identity,
+    Deno.build.os === "darwin"
+      ? { provider: "tailscale", cli: "tailscale" }
+      : { provider: "tailscale", socket: LINUX_TAILSCALED_SOCKET },
+  );
+  const v6 = configFromObject({ ...minimal(), agent: { ...minimal().agent, listen: "[::1]:0" } });
+  assertEquals(v6.agent.listen, { hostname: "::1", port: 0 });
+});
+
+Deno.test("config: every unknown key or bad value names its key path", () => {
+  const cases: [unknown, string][] = [
+    [{ ...minimal(), extra: 1 }, "extra"],
+    [{ ...minimal(), agent: { ...minimal().agent, lisen: "x" } }, "agent.lisen"],
+    [{ ...minimal(), agent: { audit_log: "/x" } }, "agent.listen"],
+    [{ ...minimal(), agent: { ...minimal().agent, listen: 7070 } }, "agent.listen"],
+    [{ ...minimal(), agent: { ...minimal().agent, listen: "127.0.0.1" } }, "agent.listen"],
+    [{ ...minimal(), agent: { ...minimal().agent, listen: "127.0.0.1:70000" } }, "agent.listen"],
+    [{ ...minimal(), agent: { ...minimal().agent, listen: "[::g]:1" } }, "agent.listen"],
+    [{ ...minimal(), agent: { ...minimal().agent, audit_log: "rel/a.jsonl" } }, "agent.audit_log"],
+    [{ ...minimal(), agent: { ...minimal().agent, max_concurrent: 1.5 } }, "agent.max_concurrent"],
+    [
+      { ...minimal(), agent: { ...minimal().agent, max_request_bytes: 10 } },
+      "agent.max_request_bytes",
+    ],
+    [{ ...minimal(), identity: {} }, "identity.provider"],
+    [{ ...minimal(), identity: { provider: "loopback" } }, "identity.loopback_identity"],
+    [
+      { ...minimal(), identity: { provider: "loopback", loopback_identity: "dev" } },
+      "identity.loopback_identity",
+    ],
+    [
+      { ...minimal(), identity: { provider: "loopback", loopback_identity: "group:x" } },
+      "identity.loopback_identity",
+    ],
+    [{ ...minimal(), identity: { ...minimal().identity, socket: "/s" } }, "identity.socket"],
+    [
+      { ...minimal(), identity: { provider: "tailscale", loopback_identity: "user:x" } },
+      "identity.loopback_identity",
+    ],
+    [
+      { ...minimal(), identity: { provider: "tailscale", socket: "/s", cli: "tailscale" } },
+      "identity.cli",
+    ],
+    [
+      { ...minimal(), identity: { provider: "tailscale", socket: "relative.sock" } },
+      "identity.socket",
+    ],
+    [{ ...minimal(), identity: { provider: "tailscale", capmap: "" } }, "identity.capmap"],
+    [{ ...minimal(), ceiling: {} }, "ceiling.allow"],
+    [{ ...minimal(), ceiling: { allow: "demo.*" } }, "ceiling.allow"],
+    [{ ...minimal(), ceiling: { allow: ["demo.*", "Demo"] } }, "ceiling.allow[1]"],
+    [{ ...minimal(), grant: { to: ["*"], allow: [] } }, "grant"],
+    [{ ...minimal(), grant: [{ to: ["*"], allow: [] }, { to: [], allow: [] }] }, "grant[1].to"],
+    [{ ...minimal(), grant: [{ to: ["*", "person:x"], allow: [] }] }, "grant[0].to[1]"],
+    [{ ...minimal(), grant: [{ to: ["user:"], allow: [] }] }, "grant[0].to[0]"],
+    [{ ...minimal(), grant: [{ to: ["*"], allow: ["ok.*", "x.*.y"] }] }, "grant[0].allow[1]"],
+    [{ ...minimal(), grant: [{ to: ["*"], allow: ["sync.push:relative"] }] }, "grant[0].allow[0]"],
+    [{ ...minimal(), grant: [{ to: ["*"] }] }, "grant[0].allow"],
+    [{ ...minimal(), grant: [{ to: ["*"], allow: [], extra: true }] }, "grant[0].extra"],
+    [
+      { ...minimal(), agent: { ...minimal().agent, listen: "100.101.102.103:7070" } },
+      "agent.listen",
+    ],
+  ];
+  for (const [value, key] of cases) {
+    assertEquals(keyOf(() => configFromObject(value)), key, JSON.stringify(value));
+  }
+});
+
+Deno.test("config: TOML errors and TOML types are reported, never half-read", () => {
+  const toml = (body: string) =>
+    `[agent]\nlisten = "127.0.0.1:1"\naudit_log = "/tmp/ops-agent/a"\n${body}`;
+  const base =
+    '[identity]\nprovider = "loopback"\nloopback_identity = "user:d@l"\n[ceiling]\nallow = []\n';
+  assertThrows(() => parseConfig("[agent"), ConfigError, "is not valid TOML");
+  assertThrows(
+    () => parseConfig(toml(`max_concurrent = 1979-05-27\n${base}`)),
+    ConfigError,
+    "agent.max_concurrent",
+  );
+  assertThrows(
+    () => parseConfig(toml(`max_concurrent = 3.0e0\n${base}`)),
+    ConfigError,
+    "agent.max_concurrent",
+  );
+  assertEquals(parseConfig(toml(base)).ceiling.isEmpty, true);
+  const error = assertThrows(
+    () => parseConfig(toml(`${base}[[grant]]\nto = ["*"]\nallow = ["ok", 5]\n`)),
+    ConfigError,
+  );
+  assertEquals(error.key, "grant[0].allow[1]");
+  const typo = assertThrows(
+    () => parseConfig(toml(`${base}[[grants]]\nto = ["*"]\n`)),
+    ConfigError,
+  );
+  assertEquals(typo.key, "grants");
+  assert(typo.message.includes('did you mean "grant"'));
+});
