@@ -36,23 +36,32 @@ export async function observeLocalHost(
  */
 export async function diskUsage(roots: readonly string[]): Promise<DiskUsage[]> {
   const existing: string[] = [];
+  const unverified: string[] = [];
   for (const root of roots) {
     try {
       await Deno.stat(root);
       existing.push(root);
-    } catch {
-      // Not there (yet): nothing to measure.
+    } catch (error) {
+      // Not allowed to look (a narrow --allow-read, as the agent's): df may.
+      if (error instanceof Deno.errors.NotCapable) unverified.push(root);
+      // Otherwise not there (yet): nothing to measure.
     }
   }
-  if (existing.length === 0) return [];
+  const disks = existing.length > 0 ? await df(existing) : [];
+  // One df per unverified root, so that a missing one cannot shift the rows of the others.
+  for (const root of unverified) disks.push(...await df([root]));
+  return roots.flatMap((root) => disks.filter((disk) => disk.path === root));
+}
+
+async function df(roots: string[]): Promise<DiskUsage[]> {
   const out = await new Deno.Command("df", {
-    args: ["-P", "-k", ...existing],
+    args: ["-P", "-k", ...roots],
     env: baseEnvironment(),
     clearEnv: true,
     stdin: "null",
     stderr: "null",
   }).output();
-  return parseDf(new TextDecoder().decode(out.stdout), existing);
+  return parseDf(new TextDecoder().decode(out.stdout), roots);
 }
 
 const DF_ROW = /^.*?\s+(\d+)\s+(\d+)\s+(\d+)\s+\d+%\s+.*$/;
