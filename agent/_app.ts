@@ -96,6 +96,12 @@ export class AgentCore {
     this.app = this.#routes();
   }
 
+  /** The app's fetch handler, for `Deno.serve`. */
+  readonly fetch = (
+    request: Request,
+    info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+  ): Response | Promise<Response> => this.app.fetch(request, info);
+
   /** Opens the audit log and the identity provider for `config`. */
   static async create(config: AgentConfig): Promise<AgentCore> {
     const audit = await AuditLog.open(config.agent.auditLog);

@@ -27,10 +27,9 @@
  *
  * @module
  */
-import type { Hono } from "hono";
 import type { ConfigError } from "../executor/errors.ts";
 import type { AgentConfig } from "./config.ts";
-import { AgentCore, type AgentEnv } from "./_app.ts";
+import { AgentCore } from "./_app.ts";
 import { formatHostPort, unmapAddress } from "./_net.ts";
 import { permissionProblems } from "./_permissions.ts";
 import { AGENT_VERSION } from "./_version.ts";
@@ -50,18 +49,21 @@ export {
   type TailscaleIdentityConfig,
 } from "./config.ts";
 export type { ListenAddress } from "./_net.ts";
-export type { AgentEnv } from "./_app.ts";
+
 export { AGENT_VERSION };
 
-/** The agent's Hono app with the state behind it. */
+/** The agent's Hono app, as a fetch handler, with the state behind it. */
 export interface AgentApp {
   /**
-   * The Hono app. Serve it with `Deno.serve(app.fetch)` (or
-   * `Deno.serve((req, info) => app.fetch(req, info))`): the caller is
-   * identified from the connection info `Deno.serve` passes as Hono's `env`.
-   * A request without it is answered 401.
+   * The Hono app's fetch handler. Serve it with `Deno.serve(agent.fetch)`:
+   * the caller is identified from the connection info `Deno.serve` passes
+   * (the peer address), never from the request. A request without that info
+   * is answered 401.
    */
-  readonly app: Hono<AgentEnv>;
+  readonly fetch: (
+    request: Request,
+    info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+  ) => Response | Promise<Response>;
   /** The configuration it serves. */
   readonly config: AgentConfig;
   /** Steps running now. */
@@ -88,7 +90,7 @@ export interface AgentApp {
  *   identity: { provider: "loopback", loopback_identity: "user:dev@localhost" },
  *   ceiling: { allow: ["demo.*"] },
  * }));
- * const server = Deno.serve({ hostname: "127.0.0.1", port: 7070 }, agent.app.fetch);
+ * const server = Deno.serve({ hostname: "127.0.0.1", port: 7070 }, agent.fetch);
  * ```
  *
  * @param config A validated configuration.
@@ -157,7 +159,7 @@ export async function serveAgent(
       hostname: config.agent.listen.hostname,
       port: config.agent.listen.port,
       onListen: () => {},
-    }, core.app.fetch);
+    }, core.fetch);
   } catch (error) {
     await core.close();
     throw error;

@@ -87,6 +87,8 @@ export class AgentRpc implements Executor {
   #client: Deno.HttpClient | null = null;
 
   /**
+   * Creates a client for one agent. Nothing is connected until the first call.
+   *
    * @param opts The agent's URL and how to reach it.
    * @param caps The caller-side grant every call is checked against first.
    * @throws {ConfigError} When the URL is not an http(s) URL.
