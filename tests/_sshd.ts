@@ -164,7 +164,19 @@ function handle(
 ): Sshd {
   const { child, file } = s;
   let stopped: Promise<void> | null = null;
-  const unload = () => killGroup(child.pid, "SIGKILL");
+  // When the test run ends without stop() (a filtered run, a crash), still
+  // leave nothing behind: unload handlers must be synchronous.
+  const unload = () => {
+    for (const pid of descendantsSync(child.pid)) killPid(pid, "SIGKILL");
+    killGroup(child.pid, "SIGKILL");
+    if (s.ownDir) {
+      try {
+        Deno.removeSync(s.stateDir, { recursive: true });
+      } catch {
+        // Already gone.
+      }
+    }
+  };
   globalThis.addEventListener("unload", unload);
   const count = async (pattern: RegExp) => {
     const log = await Deno.readTextFile(file("sshd.log"));
@@ -371,8 +383,22 @@ function keyPart(publicKeyLine: string): string {
 async function descendants(pid: number): Promise<number[]> {
   const out = await new Deno.Command("ps", { args: ["-A", "-o", "pid=,ppid="], stdin: "null" })
     .output();
+  return descendantsIn(out.stdout, pid);
+}
+
+function descendantsSync(pid: number): number[] {
+  try {
+    const out = new Deno.Command("ps", { args: ["-A", "-o", "pid=,ppid="], stdin: "null" })
+      .outputSync();
+    return descendantsIn(out.stdout, pid);
+  } catch {
+    return [];
+  }
+}
+
+function descendantsIn(psOutput: Uint8Array, pid: number): number[] {
   const children = new Map<number, number[]>();
-  for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
+  for (const line of new TextDecoder().decode(psOutput).split("\n")) {
     const [child, parent] = line.trim().split(/\s+/).map(Number);
     if (!child || !parent) continue;
     children.set(parent, [...(children.get(parent) ?? []), child]);

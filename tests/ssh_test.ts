@@ -27,6 +27,15 @@ const skip = sshdMissing() ?? missing([HAS_PROC, "/proc (Linux) to watch the rem
 const sshd: Sshd | null = skip ? null : await startSshd();
 /** A scratch directory on the "remote" host, owned by the test account. */
 const remoteDir = sshd ? await makeRemoteDir(sshd) : "";
+if (sshd) {
+  globalThis.addEventListener("unload", () => {
+    try {
+      Deno.removeSync(remoteDir, { recursive: true });
+    } catch {
+      // Removed by the teardown test already.
+    }
+  });
+}
 
 const CAPS = CapabilitySet.of(
   "test.*",
@@ -477,6 +486,12 @@ sshTest("5. host not in known_hosts: TransportError host_key_unknown", async () 
     sshOptions: ["GlobalKnownHostsFile=/dev/null"],
   });
   assertEquals(error.kind, "host_key_unknown");
+});
+
+sshTest("5. a missing ssh client: TransportError spawn_failed", async () => {
+  const error = await failure({ sshProgram: "/nonexistent/ssh" });
+  assertEquals(error.kind, "spawn_failed");
+  assertStringIncludes(error.message, "/nonexistent/ssh");
 });
 
 sshTest("5. a step's own exit 255 is a result, not an ssh failure", async () => {

@@ -325,6 +325,13 @@ export class SshExec implements Executor {
       ownSession: false,
     }, { write: (line) => void lines.push(line) });
     if (result.cancelled) throw signal?.reason ?? new DOMException("aborted", "AbortError");
+    if (!result.started) {
+      throw new TransportError(
+        "spawn_failed",
+        this.host,
+        `cannot run the ssh client ${this.#program}: ${lines.map((l) => l.text).join(" ")}`,
+      );
+    }
     const stdout = lines.filter((l) => l.stream === "stdout").map((l) => l.text);
     const at = stdout.indexOf(marker);
     if (at >= 0) {
