@@ -37,7 +37,11 @@ export interface SshdOptions {
   listenAddress?: string;
   /** The port. Default: a free port on `listenAddress`, found by binding port 0. */
   port?: number;
-  /** Where keys, config and log go. Default: a fresh temporary directory, removed on stop. */
+  /**
+   * Where keys, config and log go; every directory above it must be
+   * traversable by the login account. Default: a fresh temporary directory,
+   * removed on stop.
+   */
   stateDir?: string;
   /**
    * The account to log in as. Default: `opsexec` (created if missing) when
@@ -101,6 +105,7 @@ export async function startSshd(opts: SshdOptions = {}): Promise<Sshd> {
   // sshd reads authorized_keys as the target user: the directory must be traversable.
   await Deno.chmod(stateDir, 0o755);
   const user = opts.user ?? (isRoot() ? await ensureTestAccount() : currentUser());
+  if (isRoot()) await assertTraversable(stateDir);
   if (isRoot()) await ensurePrivsepDir();
 
   const file = (name: string) => `${stateDir}/${name}`;
@@ -348,6 +353,28 @@ async function ensureTestAccount(): Promise<string> {
     throw new Error(`usermod ${TEST_ACCOUNT}: ${new TextDecoder().decode(unlock.stderr).trim()}`);
   }
   return TEST_ACCOUNT;
+}
+
+/**
+ * sshd reads authorized_keys as the account it logs in: every directory
+ * above the state dir must let others through.
+ */
+async function assertTraversable(dir: string): Promise<void> {
+  for (
+    let path = dir;
+    path !== "/" && path !== ".";
+    path = path.slice(0, path.lastIndexOf("/")) || "/"
+  ) {
+    const mode = (await Deno.stat(path)).mode ?? 0o755;
+    if ((mode & 0o001) === 0) {
+      throw new Error(
+        `sshd state dir ${dir}: ${path} (mode ${
+          (mode & 0o777).toString(8)
+        }) is not traversable by ` +
+          `the test account; use a directory under /tmp or make it o+x`,
+      );
+    }
+  }
 }
 
 /** Debian's sshd, run as root, insists on its privilege separation directory. */
