@@ -371,6 +371,21 @@ sshTest("3. an AbortSignal already aborted starts nothing", async () => {
 });
 
 sshTest(
+  "3. a cancel while the master opens returns cancelled; other callers still get the master",
+  async () => {
+    await using exec = new SshExec(target(), CAPS);
+    const controller = new AbortController();
+    const other = run(Step.exec("test.other", ["echo", "other"]), exec);
+    const cancelled = run(Step.exec("test.never", ["echo", "never"]), exec, controller.signal);
+    setTimeout(() => controller.abort(), 20); // a cold connection takes far longer
+    const [mine, theirs] = await Promise.all([cancelled, other]);
+    assert(mine.out.cancelled);
+    assertEquals([mine.out.exitCode, mine.stdout], [null, ""]);
+    assertEquals([theirs.out.exitCode, theirs.stdout], [0, "other"]);
+  },
+);
+
+sshTest(
   "3. a sink that throws ends the run: the remote group is killed, the error propagates",
   async () => {
     const token = marker();

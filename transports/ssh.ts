@@ -180,8 +180,13 @@ export class SshExec implements Executor {
     if (opts.signal?.aborted) return this.#notStarted(step.action);
     this.#active++;
     try {
-      await this.#connect(opts.signal);
-      if (opts.signal?.aborted) return this.#notStarted(step.action);
+      try {
+        await this.#connect(opts.signal);
+      } catch (error) {
+        // Cancelled while the master was being opened: nothing of the step ran.
+        if (opts.signal?.aborted) return this.#notStarted(step.action);
+        throw error;
+      }
       return await this.#runRemote(
         step.action,
         {
@@ -294,16 +299,17 @@ export class SshExec implements Executor {
     const idle = this.#active <= 1 && this.#lastUse > 0 &&
       Date.now() - this.#lastUse > this.#target.persistSeconds * 1000 - 2000;
     if (this.#master === null || idle) {
-      const opening = this.#openMaster(signal);
+      const opening = this.#openMaster();
       this.#master = opening;
       opening.catch(() => {
         if (this.#master === opening) this.#master = null;
       });
     }
-    await this.#master;
+    // The master is shared: one caller's cancel stops its own wait, not the opening.
+    await raceAbort(this.#master, signal);
   }
 
-  async #openMaster(signal?: AbortSignal): Promise<void> {
+  async #openMaster(): Promise<void> {
     this.#controlDir ??= await Deno.makeTempDir({ dir: "/tmp", prefix: "oe-" });
     await Deno.chmod(this.#controlDir, 0o700);
     const marker = newNonce();
@@ -321,10 +327,8 @@ export class SshExec implements Executor {
       env: this.#sshEnvironment(),
       killGraceMs: 1000,
       timeoutMs: CONNECT_TIMEOUT_MS,
-      signal,
       ownSession: false,
     }, { write: (line) => void lines.push(line) });
-    if (result.cancelled) throw signal?.reason ?? new DOMException("aborted", "AbortError");
     if (!result.started) {
       throw new TransportError(
         "spawn_failed",
@@ -536,6 +540,22 @@ async function stopRemote(
     child.kill("SIGKILL");
   } catch {
     // Already gone.
+  }
+}
+
+/** `promise`, or the signal's reason as soon as it aborts. */
+async function raceAbort<T>(promise: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (!signal) return await promise;
+  signal.throwIfAborted();
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([promise, aborted]);
+  } finally {
+    signal.removeEventListener("abort", onAbort!);
   }
 }
 
