@@ -244,9 +244,10 @@ sshTest(
       const names = stdout.split("\n").map((line) => line.slice(0, line.indexOf("="))).sort();
       const allowed = ["HOME", "LANG", "LOGNAME", "MODE", "PATH", "SHELL", "TMPDIR", "USER"];
       assertEquals(names.filter((n) => !allowed.includes(n)), [], stdout);
-      assertStringIncludes(stdout, "MODE=release");
-      assertStringIncludes(stdout, "LANG=C\n");
-      assertStringIncludes(stdout, `USER=${sshd!.user}`);
+      const lines = stdout.split("\n");
+      for (const entry of ["MODE=release", "LANG=C", `USER=${sshd!.user}`]) {
+        assert(lines.includes(entry), `${entry} missing from:\n${stdout}`);
+      }
       assertFalse(stdout.includes("SSH_CONNECTION"), "sshd's session variables leaked");
       assertFalse(stdout.includes("OPS_EXEC_CALLER_SECRET"));
     } finally {
