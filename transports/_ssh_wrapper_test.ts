@@ -174,6 +174,10 @@ for (const kind of ["perl", "sh"] as const) {
       assertEquals(killed.status, { exitCode: null, signal: "SIGKILL" });
       const missing = await supervise(kind, ["no-such-program-ops-exec"]);
       assertEquals(missing.status, { exitCode: 127, signal: null });
+      // A program named like an assignment is still a program (env(1) would take it for one).
+      const assignment = await supervise(kind, ["A=b", "x"]);
+      assertEquals(assignment.status, { exitCode: 127, signal: null });
+      assertStringIncludes(assignment.stderr, "A=b");
       const asked = await supervise(kind, ["sleep", "30"], { killAfterMs: 200 });
       assertEquals(asked.status, { exitCode: null, signal: "SIGTERM" });
     },
