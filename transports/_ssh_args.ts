@@ -122,6 +122,10 @@ export function sshOptionArgs(target: SshTarget, controlPath: string): string[] 
     "ForwardAgent=no",
     "ForwardX11=no",
     "ClearAllForwardings=yes",
+    // AES-GCM first (the rest of ssh's default list stays, in order): with
+    // AES instructions, on every current x86-64 and Apple CPU, it costs about
+    // a third less CPU than ssh's default chacha20-poly1305.
+    "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com",
     "PermitLocalCommand=no",
     "RequestTTY=no",
     "ControlMaster=auto",
