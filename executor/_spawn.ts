@@ -107,10 +107,11 @@ export async function runProcess(
   const ownSession = spec.ownSession !== false;
   const launcher = ownSession && mayLaunch(spec.argv[0]) ? sessionLauncher() : null;
   const argv = launcher ? [launcher, "--wait", "--", ...spec.argv] : spec.argv;
+  const marker = ownSession ? crypto.randomUUID() : undefined;
   try {
     child = new Deno.Command(argv[0], {
       args: argv.slice(1),
-      env: spec.env,
+      env: marker ? { ...spec.env, [STEP_MARKER]: marker } : spec.env,
       clearEnv: true,
       cwd: spec.cwd,
       stdin: spec.stdin || spec.keepStdinOpen ? "piped" : "null",
@@ -130,7 +131,8 @@ export async function runProcess(
   const terminate = () => {
     const stop = spec.terminate ?? (ownSession ? terminateGroup : terminateProcess);
     terminating ??= stop(child, spec.killGraceMs, stdin.handle)
-      .catch(() => {});
+      .catch(() => {})
+      .then(() => marker && sweepMarked(marker));
     return terminating;
   };
   gate.onFailure = () => void terminate();
@@ -180,6 +182,39 @@ export async function runProcess(
     lines: { ...gate.counts },
     started: true,
   };
+}
+
+/**
+ * The variable that marks every process of a step (its value is unique per
+ * run), so that processes which left the step's group by calling setsid
+ * themselves can still be found and killed, as CI runners do.
+ */
+export const STEP_MARKER = "OPS_EXEC_STEP_ID";
+
+/**
+ * Kills every process whose environment carries this run's marker. Runs after
+ * a timeout, cancel or sink failure, once the group has been killed. It reads
+ * /proc (Linux); where /proc is absent or not readable under the permission
+ * set (the agent's), the group kill is all there is.
+ */
+export function sweepMarked(marker: string): void {
+  const needle = `${STEP_MARKER}=${marker}\0`;
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync("/proc")];
+  } catch {
+    return;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      if (Deno.readTextFileSync(`/proc/${entry.name}/environ`).includes(needle)) {
+        Deno.kill(Number(entry.name), "SIGKILL");
+      }
+    } catch {
+      // Gone, not ours to read, or not ours to kill.
+    }
+  }
 }
 
 /** util-linux's setsid, the cheapest way to start a process in a new session. */

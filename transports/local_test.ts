@@ -348,6 +348,7 @@ Deno.test("the step sees the base environment plus step.env, not the caller's ow
       "PWD",
       "SHLVL",
       "_",
+      "OPS_EXEC_STEP_ID",
     ]);
     assertEquals(Object.keys(env).filter((k) => !allowed.has(k)), []);
   } finally {
@@ -396,3 +397,28 @@ async function exists(path: string): Promise<boolean> {
     return false;
   }
 }
+
+Deno.test("a process that escaped the group with setsid is swept on timeout (by the run's marker)", async () => {
+  if (!HAS_PROC && missing([false, "/proc (Linux) to inspect the process tree"])) return;
+  const sink = new CollectingSink();
+  const out = await exec.runStreaming(
+    Step.shell("test.escape", "setsid sleep 300 >/dev/null 2>&1 < /dev/null & echo $!; sleep 300", {
+      timeoutMs: 500,
+      killGraceMs: 200,
+    }),
+    sink,
+  );
+  assert(out.timedOut);
+  const escaped = Number(sink.text("stdout"));
+  assert(escaped > 0);
+  assert(await waitFor(() => !isAlive(escaped), 2000), `escaped pid ${escaped} survived`);
+});
+
+Deno.test("the step's marker is in its environment, unique per run", async () => {
+  const a = new CollectingSink();
+  const b = new CollectingSink();
+  await run(Step.shell("test.marker", 'echo "$OPS_EXEC_STEP_ID"'), a);
+  await run(Step.shell("test.marker", 'echo "$OPS_EXEC_STEP_ID"'), b);
+  assert(/^[0-9a-f-]{36}$/.test(a.text()), a.text());
+  assert(a.text() !== b.text());
+});
