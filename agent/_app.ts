@@ -384,6 +384,7 @@ export class AgentCore {
       stop: (reason) => {
         // Shutting down: never wait on a stalled reader, drop instead.
         batcher.nonBlocking = true;
+        out.releaseWriters();
         stop(reason);
       },
     };

@@ -76,6 +76,11 @@ export class EventStream {
     return new Promise((resolve) => this.#waiters.push(resolve));
   }
 
+  /** Resolves the writers waiting for room now, room or not (the run is being stopped). */
+  releaseWriters(): void {
+    this.#wake();
+  }
+
   /** Ends the body. */
   close(): void {
     if (this.#closed) return;

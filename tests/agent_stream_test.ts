@@ -229,3 +229,27 @@ Deno.test("acceptance 4: step timeouts work through the agent", async () => {
   assertEquals(out2.signal, "SIGKILL");
   assert(!isAlive(Number(sink2.lines[0].text)));
 });
+
+Deno.test("acceptance 4: aborting while the reader is stalled (the step blocked on its pipe) kills the group", async () => {
+  if (noProc()) return;
+  await using agent = await startAgentProcess(loopbackConfig());
+  await using client = new AgentRpc({ url: agent.url }, caps);
+  const abort = new AbortController();
+  let first: string | undefined;
+  const sink: LogSink = {
+    write(line) {
+      first ??= line.text;
+      // Never returns: the agent's queue fills and the step blocks in write(2).
+      return new Promise(() => {});
+    },
+  };
+  const flood = Step.shell("test.flood", "echo $$; yes", { killGraceMs: 500 });
+  const running = client.runStreaming(flood, sink, { signal: abort.signal });
+  assert(await waitFor(() => first !== undefined, 10_000));
+  const pgid = Number(first);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  assertEquals(groupMembers(pgid).length, 2, "sh and yes, blocked");
+  abort.abort();
+  assert((await running).cancelled);
+  assert(await waitFor(() => groupMembers(pgid).length === 0, 10_000), "no survivor");
+});

@@ -200,7 +200,9 @@ export class AgentRpc implements Executor {
                   const wait = sink.write({ stream, text: text[i], seq: nextSeq++ });
                   lines[stream]++;
                   if (wait) {
-                    await wait;
+                    // An abort does not wait for a sink that is stuck.
+                    await (opts.signal ? untilAborted(wait, opts.signal) : wait);
+                    if (opts.signal?.aborted) return output({ cancelled: true });
                     lastEvent = performance.now();
                   }
                 }
@@ -464,6 +466,16 @@ export class AgentRpc implements Executor {
   #protocol(text: string): TransportError {
     return new TransportError("protocol", this.host, text);
   }
+}
+
+/** `promise`, or an earlier resolution when `signal` aborts. */
+function untilAborted(promise: Promise<void>, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise<void>((resolve, reject) => {
+    const onAbort = () => resolve();
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }
 
 /** Carries a sink's error out of the event loop untouched. */
