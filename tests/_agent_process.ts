@@ -14,6 +14,11 @@ export interface AgentProcessOptions {
   dir?: string;
   /** Give up waiting for "listening on" after this long. Default 30 s. */
   startTimeoutMs?: number;
+  /**
+   * A command that runs the agent, e.g. `["ip", "netns", "exec", "host-a"]` to start it in
+   * a network namespace (the command must exec the agent, so that its pid is the agent's).
+   */
+  prefix?: string[];
 }
 
 /** A running agent process. */
@@ -48,8 +53,18 @@ export async function startAgentProcess(
   const dir = opts.dir ?? await Deno.makeTempDir({ dir: "/tmp/ops-agent", prefix: "agent-" });
   const configPath = join(dir, "config.toml");
   await Deno.writeTextFile(configPath, toml.replaceAll("{dir}", dir));
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--no-prompt", "-P=agent", join(REPO, "agent/main.ts"), "--config", configPath],
+  const argv = [
+    ...(opts.prefix ?? []),
+    Deno.execPath(),
+    "run",
+    "--no-prompt",
+    "-P=agent",
+    join(REPO, "agent/main.ts"),
+    "--config",
+    configPath,
+  ];
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
     cwd: REPO,
     env: { NO_COLOR: "1", ...opts.env },
     stdin: "null",
