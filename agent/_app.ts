@@ -54,12 +54,20 @@ export function agentArgv(step: Step): string[] {
     : ["/bin/sh", "-c", EXEC_WRAPPER, "sh", ...step.argv];
 }
 
-/** One step in flight. */
-interface RunningStep {
-  abort: AbortController;
-  batcher: LineBatcher;
-  done: Promise<void>;
-  stop(reason: string): void;
+/**
+ * One of the `max_concurrent` slots, held by a running step (or transfer).
+ * Release it once the work has ended and been audited.
+ */
+export interface Slot {
+  /** Called when the agent shuts down: end the work (with its grace). Set it at once. */
+  onStop: ((reason: string) => void) | null;
+  /** Gives the slot back. Idempotent. */
+  release(): void;
+}
+
+interface HeldSlot {
+  slot: Slot;
+  released: Promise<void>;
 }
 
 /** An identified request: who, from where, and what they may do. */
@@ -85,7 +93,7 @@ export class AgentCore {
   readonly audit: AuditLog;
   readonly provider: IdentityProvider;
   readonly version: string;
-  readonly #runs = new Set<RunningStep>();
+  readonly #runs = new Set<HeldSlot>();
   #stopping: string | null = null;
 
   private constructor(config: AgentConfig, audit: AuditLog, provider: IdentityProvider) {
@@ -121,8 +129,8 @@ export class AgentCore {
   async stopRuns(reason: string): Promise<void> {
     this.#stopping ??= reason;
     const runs = [...this.#runs];
-    for (const run of runs) run.stop(reason);
-    await Promise.all(runs.map((run) => run.done));
+    for (const run of runs) run.slot.onStop?.(reason);
+    await Promise.all(runs.map((run) => run.released));
   }
 
   /** Closes the audit log and the provider. Call after {@linkcode AgentCore.stopRuns}. */
@@ -242,6 +250,50 @@ export class AgentCore {
     });
   }
 
+  /**
+   * Takes one of the `max_concurrent` slots for a step or transfer, or
+   * answers 429 (503 while shutting down) with an audit line. Nothing may
+   * start without a slot.
+   */
+  async admit(
+    ctx: RequestContext,
+    action: string,
+    about: Partial<AuditRecord> = {},
+  ): Promise<Slot | Response> {
+    const limit = this.config.agent.maxConcurrent;
+    if (this.#stopping === null && this.#runs.size < limit) {
+      let done!: () => void;
+      const released = new Promise<void>((resolve) => (done = resolve));
+      const held: HeldSlot = {
+        released,
+        slot: {
+          onStop: null,
+          release: () => {
+            this.#runs.delete(held);
+            done();
+          },
+        },
+      };
+      this.#runs.add(held);
+      return held.slot;
+    }
+    const stopping = this.#stopping !== null;
+    await this.auditLine(ctx, {
+      ...about,
+      action,
+      decision: "denied",
+      reason: this.#stopping ?? `over max_concurrent (${limit})`,
+      status: stopping ? 503 : 429,
+    });
+    return stopping
+      ? errorResponse(503, { code: "shutting_down", message: "the agent is shutting down" })
+      : errorResponse(429, {
+        code: "too_many_steps",
+        message:
+          `the agent is running ${this.#runs.size} steps, its limit (agent.max_concurrent); retry later`,
+      }, { "retry-after": "1" });
+  }
+
   async #capabilities(c: Context<AgentEnv>): Promise<Response> {
     const ctx = await this.identify(c);
     if (ctx instanceof Response) return ctx;
@@ -272,8 +324,10 @@ export class AgentCore {
     return c.json(observation);
   }
 
-  // Issue 5 (rsync over a WebSocket) plugs in here, reusing identify() and
-  // deny(ctx, "sync.push" | "sync.pull", { path }).
+  // The rsync WebSocket plugs in here: identify(c) (401/503), then
+  // deny(ctx, "sync.push" | "sync.pull", { path }) (403), then admit(ctx, action)
+  // for a slot (429), setting slot.onStop so that a shutdown ends the transfer,
+  // auditLine(ctx, {...}) when it ends, and slot.release().
   async #sync(c: Context<AgentEnv>): Promise<Response> {
     const ctx = await this.identify(c);
     if (ctx instanceof Response) return ctx;
@@ -322,23 +376,9 @@ export class AgentCore {
     const about = { digest, ...(step.label !== undefined ? { label: step.label } : {}) };
     const denied = await this.deny(ctx, step.action, about);
     if (denied) return denied;
-    if (this.#stopping !== null || this.#runs.size >= this.config.agent.maxConcurrent) {
-      const reason = this.#stopping ?? `over max_concurrent (${this.config.agent.maxConcurrent})`;
-      await this.auditLine(ctx, {
-        ...about,
-        action: step.action,
-        decision: "denied",
-        reason,
-        status: this.#stopping ? 503 : 429,
-      });
-      return errorResponse(this.#stopping ? 503 : 429, {
-        code: this.#stopping ? "shutting_down" : "too_many_steps",
-        message: this.#stopping
-          ? "the agent is shutting down"
-          : `the agent is running ${this.#runs.size} steps, its limit (agent.max_concurrent); retry later`,
-      }, this.#stopping ? undefined : { "retry-after": "1" });
-    }
-    return this.#stream(ctx, step, about, c.req.header(HEARTBEAT_HEADER));
+    const slot = await this.admit(ctx, step.action, about);
+    if (slot instanceof Response) return slot;
+    return this.#stream(ctx, step, about, slot, c.req.header(HEARTBEAT_HEADER));
   }
 
   async #malformed(ctx: RequestContext, message: string, field?: string): Promise<Response> {
@@ -359,6 +399,7 @@ export class AgentCore {
     ctx: RequestContext,
     step: Step,
     about: { digest: string; label?: string },
+    slot: Slot,
     heartbeatHeader: string | undefined,
   ): Response {
     const id = crypto.randomUUID();
@@ -377,78 +418,80 @@ export class AgentCore {
       if (!out.full && performance.now() - out.lastSent >= every) out.send({ type: "ping" });
     }, every / 2);
 
-    const entry: RunningStep = {
-      abort,
-      batcher,
-      done: Promise.resolve(),
-      stop: (reason) => {
-        // Shutting down: never wait on a stalled reader, drop instead.
-        batcher.nonBlocking = true;
-        out.releaseWriters();
-        stop(reason);
-      },
+    slot.onStop = (reason) => {
+      // Shutting down: never wait on a stalled reader, drop instead.
+      batcher.nonBlocking = true;
+      out.releaseWriters();
+      stop(reason);
     };
-    this.#runs.add(entry);
-    entry.done = (async () => {
-      let result: ProcessResult | undefined;
-      let failure: unknown;
+    void (async () => {
       try {
-        result = await runProcess({
-          argv: agentArgv(step),
-          env: { ...baseEnvironment(), ...step.env },
-          cwd: step.cwd,
-          stdin: step.stdin,
-          timeoutMs: step.timeoutMs,
-          killGraceMs: step.killGraceMs,
-          signal: abort.signal,
-        }, batcher);
-      } catch (error) {
-        failure = error;
-      }
-      clearInterval(heartbeat);
-      batcher.flush();
-      const record: Parameters<AgentCore["auditLine"]>[1] = {
-        id,
-        ...about,
-        action: step.action,
-        decision: "allowed",
-        status: 200,
-      };
-      if (result) {
-        Object.assign(record, {
-          exitCode: result.exitCode,
-          signal: result.signal,
-          timedOut: result.timedOut,
-          cancelled: result.cancelled,
-        });
-        if (stopReason) record.reason = stopReason;
-      } else {
-        record.reason = `the agent could not run the step: ${describe(failure)}`;
-      }
-      // The audit line is written before the last event: before the response completes.
-      await this.auditLine(ctx, record);
-      if (result) {
-        const exit: ExitEvent = {
-          type: "exit",
-          exitCode: result.exitCode,
-          signal: result.signal,
-          timedOut: result.timedOut,
-          cancelled: result.cancelled,
-          durationMs: result.durationMs,
-          lines: result.lines,
+        let result: ProcessResult | undefined;
+        let failure: unknown;
+        try {
+          result = await runProcess({
+            argv: agentArgv(step),
+            env: { ...baseEnvironment(), ...step.env },
+            cwd: step.cwd,
+            stdin: step.stdin,
+            timeoutMs: step.timeoutMs,
+            killGraceMs: step.killGraceMs,
+            signal: abort.signal,
+          }, batcher);
+        } catch (error) {
+          failure = error;
+        }
+        clearInterval(heartbeat);
+        batcher.flush();
+        const record: Parameters<AgentCore["auditLine"]>[1] = {
+          id,
+          ...about,
+          action: step.action,
+          decision: "allowed",
+          status: 200,
         };
-        if (batcher.dropped > 0) exit.dropped = batcher.dropped;
-        if (stopReason) exit.reason = stopReason;
-        out.send(exit);
-      } else {
-        out.send({
-          type: "error",
-          code: failure instanceof Deno.errors.NotCapable ? "not_capable" : "spawn_failed",
-          message: `the agent could not run the step: ${describe(failure)}`,
-        });
+        if (result) {
+          Object.assign(record, {
+            exitCode: result.exitCode,
+            signal: result.signal,
+            timedOut: result.timedOut,
+            cancelled: result.cancelled,
+          });
+          if (stopReason) record.reason = stopReason;
+        } else {
+          record.reason = `the agent could not run the step: ${describe(failure)}`;
+        }
+        // The audit line is written before the last event: before the response completes.
+        await this.auditLine(ctx, record);
+        if (result) {
+          const exit: ExitEvent = {
+            type: "exit",
+            exitCode: result.exitCode,
+            signal: result.signal,
+            timedOut: result.timedOut,
+            cancelled: result.cancelled,
+            durationMs: result.durationMs,
+            lines: result.lines,
+          };
+          if (batcher.dropped > 0) exit.dropped = batcher.dropped;
+          if (stopReason) exit.reason = stopReason;
+          out.send(exit);
+        } else {
+          out.send({
+            type: "error",
+            code: failure instanceof Deno.errors.NotCapable ? "not_capable" : "spawn_failed",
+            message: `the agent could not run the step: ${describe(failure)}`,
+          });
+        }
+        out.close();
+      } catch (error) {
+        // A bug here must not leak the slot nor leave the client waiting.
+        console.error(`ops-agent: run ${id}: ${describe(error)}`);
+        out.close();
+      } finally {
+        clearInterval(heartbeat);
+        slot.release();
       }
-      out.close();
-      this.#runs.delete(entry);
     })();
     return new Response(out.readable, {
       headers: { "content-type": NDJSON_TYPE, "cache-control": "no-store" },
