@@ -91,7 +91,9 @@ Deno.test("acceptance 6: SIGTERM stops accepting, running steps get their grace,
 Deno.test("acceptance 7: an agent that is down is a TransportError (unreachable)", async () => {
   const agent = await startAgentProcess(loopbackConfig());
   const url = agent.url;
-  assertEquals((await agent.stop()).code, 0);
+  // SIGINT stops it as SIGTERM does.
+  assertEquals((await agent.stop("SIGINT")).code, 0);
+  assertStringIncludes(agent.output(), "SIGINT: shutting down (running steps: 0)");
   await Deno.remove(agent.dir, { recursive: true });
   await using client = new AgentRpc({ url }, caps);
   const error = await assertRejects(
