@@ -195,14 +195,13 @@ export interface HostCommandResult {
 
 const NSENTER = findProgram("/usr/bin/nsenter", "/bin/nsenter");
 const UNSHARE = findProgram("/usr/bin/unshare", "/bin/unshare");
-const MOUNT = findProgram("/usr/bin/mount", "/bin/mount");
-const UMOUNT = findProgram("/usr/bin/umount", "/bin/umount");
+const SLEEP = findProgram("/usr/bin/sleep", "/bin/sleep");
 
 /** What the fleet needs beyond the network's own prerequisites, as [met, what] pairs. */
 export function fleetPrerequisites(): [boolean, string][] {
   return [
     [NSENTER !== null && UNSHARE !== null, "nsenter and unshare (util-linux)"],
-    [MOUNT !== null && UMOUNT !== null, "mount and umount (util-linux)"],
+    [SLEEP !== null, "sleep (coreutils)"],
   ];
 }
 
@@ -223,20 +222,17 @@ export class Fleet implements AsyncDisposable {
   /** The fleet's directory (agent dirs, sshd state, namespace files). */
   readonly dir: string;
   readonly #executors = new Set<{ close(): Promise<void> }>();
+  readonly #setup: Setup;
   readonly #unload: () => void;
   #closed: Promise<void> | undefined;
 
-  private constructor(
-    net: TestNetwork,
-    tailnet: TailnetStandin,
-    hosts: Map<string, FleetHost>,
-    dir: string,
-  ) {
+  private constructor(net: TestNetwork, setup: Setup, hosts: Map<string, FleetHost>) {
     this.net = net;
-    this.tailnet = tailnet;
+    this.tailnet = setup.tailnet!;
     this.peers = peerAddresses(net);
     this.hosts = hosts;
-    this.dir = dir;
+    this.dir = setup.dir;
+    this.#setup = setup;
     this.#unload = () => this.#closeSync();
     globalThis.addEventListener("unload", this.#unload);
   }
@@ -258,7 +254,6 @@ export class Fleet implements AsyncDisposable {
     await Deno.chmod(dir, 0o755); // sshd's state dirs below must be traversable
     const setup = new Setup(dir);
     try {
-      await setup.privateMountDir();
       for (const host of chosen) {
         for (const sub of ["tailscale", "agent", "sshd"]) {
           await Deno.mkdir(join(dir, host.name, sub), { recursive: true, mode: 0o755 });
@@ -320,7 +315,7 @@ export class Fleet implements AsyncDisposable {
           prefix: setup.prefixes.get(host.name)!,
         });
       }
-      return new Fleet(net, setup.tailnet, hosts, dir);
+      return new Fleet(net, setup, hosts);
     } catch (error) {
       await setup.undo();
       throw error;
@@ -403,15 +398,9 @@ export class Fleet implements AsyncDisposable {
     this.#closed ??= (async () => {
       globalThis.removeEventListener("unload", this.#unload);
       await Promise.allSettled([...this.#executors].map((e) => e.close()));
-      const setup = new Setup(this.dir);
-      setup.tailnet = this.tailnet;
-      for (const host of this.hosts.values()) {
-        setup.agents.push(host.agent);
-        setup.sshds.push(host.sshd);
-        setup.prefixes.set(host.name, host.prefix);
-      }
-      setup.netnses = [...this.hosts.values()].map((h) => h.net.netns);
-      await setup.undo();
+      // Restarted agents replaced the ones Setup knows.
+      this.#setup.agents.splice(0, Infinity, ...[...this.hosts.values()].map((h) => h.agent));
+      await this.#setup.undo();
     })();
     return this.#closed;
   }
@@ -428,7 +417,7 @@ export class Fleet implements AsyncDisposable {
       killQuietly(host.sshd.pid);
       killNetnsSync(host.net.netns);
     }
-    unmountTreeSync(this.dir);
+    for (const holder of this.#setup.holders) killQuietly(holder.pid);
     try {
       Deno.removeSync(this.dir, { recursive: true });
     } catch {
@@ -445,36 +434,26 @@ class Setup {
   readonly sshds: Sshd[] = [];
   readonly agents: AgentProcess[] = [];
   readonly pending: Promise<void>[] = [];
+  readonly holders: Deno.ChildProcess[] = [];
   netnses: string[] = [];
 
   constructor(dir: string) {
     this.dir = dir;
   }
 
-  get nsDir(): string {
-    return join(this.dir, "ns");
-  }
-
-  /** Namespace files can only be bind-mounted on a mount that does not propagate. */
-  async privateMountDir(): Promise<void> {
-    await Deno.mkdir(this.nsDir);
-    await run(MOUNT!, "--bind", this.nsDir, this.nsDir);
-    await run(MOUNT!, "--make-private", this.nsDir);
-  }
-
   /**
-   * A persistent mount and UTS namespace for `host`: a tmpfs on /srv (with
-   * the Sando and Bento roots), a tmpfs on /run with sshd's privilege
-   * separation directory and the host's "tailscaled" directory (bound to the
-   * stand-in's socket directory for this host), its name as hostname.
-   * Returns the argv prefix that enters it, with the host's netns.
+   * A mount and UTS namespace for `host`, inside its network namespace, held
+   * by a sleeping process (its namespaces live as long as it does): a tmpfs
+   * on /srv (with the Sando and Bento roots), a tmpfs on /run with sshd's
+   * privilege separation directory and the host's "tailscaled" directory
+   * (bound to the stand-in's socket directory for this host), and the host's
+   * name as hostname. Returns the argv prefix that runs a program there.
+   *
+   * (Namespace files bind-mounted with `unshare --mount=FILE` would do too,
+   * but binding them fails now and then with EINVAL inside `ip netns exec`.)
    */
   async hostNamespaces(host: TestHost): Promise<string[]> {
     this.netnses.push(host.netns);
-    const mnt = join(this.nsDir, `${host.name}.mnt`);
-    const uts = join(this.nsDir, `${host.name}.uts`);
-    await Deno.writeTextFile(mnt, "");
-    await Deno.writeTextFile(uts, "");
     const socketDir = join(this.dir, host.name, "tailscale");
     const script = [
       "set -e",
@@ -484,18 +463,49 @@ class Setup {
       "mkdir -p -m 0755 /run/sshd /run/tailscale",
       `mount --bind ${socketDir} /run/tailscale`,
       `hostname ${host.name}`,
+      "echo ready",
+      `exec ${SLEEP} infinity`,
     ].join("\n");
-    await run(
-      UNSHARE!,
-      `--mount=${mnt}`,
-      `--uts=${uts}`,
-      "--propagation",
-      "private",
-      "/bin/sh",
-      "-c",
-      script,
-    );
-    return [NSENTER!, `--mount=${mnt}`, `--uts=${uts}`, `--net=/var/run/netns/${host.netns}`, "--"];
+    const holder = new Deno.Command(NSENTER!, {
+      args: [
+        `--net=/var/run/netns/${host.netns}`,
+        "--",
+        UNSHARE!,
+        "--mount",
+        "--uts",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        script,
+      ],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    this.holders.push(holder);
+    const stderr = new Response(holder.stderr).text();
+    const reader = holder.stdout.getReader();
+    const first = await reader.read();
+    reader.releaseLock();
+    await holder.stdout.cancel();
+    if (!new TextDecoder().decode(first.value ?? new Uint8Array()).startsWith("ready")) {
+      const status = await holder.status;
+      throw new Error(
+        `cannot set up the namespaces of ${host.name} (exit ${status.code}): ${
+          (await stderr).trim()
+        }`,
+      );
+    }
+    stderr.catch(() => {});
+    return [
+      NSENTER!,
+      `--target=${holder.pid}`,
+      "--mount",
+      "--uts",
+      "--net",
+      "--",
+    ];
   }
 
   /** Waits for every start; the first failure is thrown once all have settled. */
@@ -510,10 +520,14 @@ class Setup {
     await Promise.allSettled(this.pending);
     await Promise.allSettled(this.agents.map((agent) => stopAgent(agent)));
     await Promise.allSettled(this.sshds.map((sshd) => sshd.stop()));
-    // What the agents started and left (a killed agent's steps) dies with the host.
+    // What the agents started and left (a killed agent's steps) dies with the
+    // host, and the host's mounts with its last process.
     for (const netns of this.netnses) await killNetns(netns);
+    for (const holder of this.holders) {
+      killQuietly(holder.pid);
+      await holder.status;
+    }
     await this.tailnet?.close().catch(() => {});
-    unmountTreeSync(this.dir);
     await Deno.remove(this.dir, { recursive: true }).catch(() => {});
   }
 }
@@ -579,38 +593,6 @@ function killQuietly(pid: number): void {
     Deno.kill(pid, "SIGKILL");
   } catch {
     // Already gone.
-  }
-}
-
-/** Unmounts every mount at or below `dir` in this mount namespace, deepest first. */
-function unmountTreeSync(dir: string): void {
-  let mounts: string[];
-  try {
-    mounts = Deno.readTextFileSync("/proc/self/mounts").split("\n")
-      .map((line) => line.split(" ")[1]?.replaceAll("\\040", " "))
-      .filter((target): target is string =>
-        target !== undefined && (target === dir || target.startsWith(`${dir}/`))
-      );
-  } catch {
-    return;
-  }
-  for (const target of mounts.reverse()) {
-    try {
-      new Deno.Command(UMOUNT ?? "umount", { args: ["-l", target], stdin: "null" }).outputSync();
-    } catch {
-      // Nothing to unmount.
-    }
-  }
-}
-
-async function run(program: string, ...args: string[]): Promise<void> {
-  const out = await new Deno.Command(program, { args, stdin: "null" }).output();
-  if (!out.success) {
-    throw new Error(
-      `${program} ${args.join(" ")}: exit ${out.code}: ${
-        new TextDecoder().decode(out.stderr).trim()
-      }`,
-    );
   }
 }
 
