@@ -34,6 +34,14 @@ import { formatHostPort, unmapAddress } from "./_net.ts";
 import { EventStream, LineBatcher } from "./_stream.ts";
 import { type CallerIdentity, summarize } from "./_whois.ts";
 import { AGENT_VERSION } from "./_version.ts";
+import {
+  parseSyncRequest,
+  resolvedInsideGrant,
+  resolvePaths,
+  RsyncArgvError,
+  runSyncTunnel,
+  type SyncRequest,
+} from "./_sync.ts";
 
 /** Hono's environment for the agent: the connection info of `Deno.serve`. */
 export type AgentEnv = { Bindings: Deno.ServeHandlerInfo<Deno.NetAddr> };
@@ -237,9 +245,9 @@ export class AgentCore {
   /** Writes one audit line for an identified request. */
   auditLine(
     ctx: RequestContext,
-    record: Omit<AuditRecord, "time" | "endpoint" | "from" | "who"> & { path?: string },
+    record: Omit<AuditRecord, "time" | "endpoint" | "from" | "who">,
   ): Promise<void> {
-    const { path: _path, ...rest } = record;
+    const rest = record;
     return this.audit.write({
       time: new Date().toISOString(),
       endpoint: ctx.endpoint,
@@ -324,22 +332,81 @@ export class AgentCore {
     return c.json(observation);
   }
 
-  // The rsync WebSocket plugs in here: identify(c) (401/503), then
-  // deny(ctx, "sync.push" | "sync.pull", { path }) (403), then admit(ctx, action)
-  // for a slot (429), setting slot.onStop so that a shutdown ends the transfer,
-  // auditLine(ctx, {...}) when it ends, and slot.release().
+  /**
+   * The rsync tunnel (SPEC §6): after whois, only a genuine `rsync --server`
+   * vector from the allowlist; `sync.push` (receiver) or `sync.pull`
+   * (`--sender`) checked on the path as asked and on where it really leads
+   * (after `..` and symlinks); then `rsync --server` runs with the WebSocket
+   * as its stdin/stdout. Every refusal happens before the upgrade, as an HTTP
+   * status with an audit line.
+   */
   async #sync(c: Context<AgentEnv>): Promise<Response> {
     const ctx = await this.identify(c);
     if (ctx instanceof Response) return ctx;
-    await this.auditLine(ctx, {
-      decision: "denied",
-      reason: "sync is not implemented by this agent yet",
-      status: 501,
-    });
-    return errorResponse(501, {
-      code: "not_implemented",
-      message: `ops-agent ${this.version} does not serve ${PATHS.sync} yet`,
-    });
+    if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
+      return await this.#malformed(ctx, `${PATHS.sync} expects a WebSocket upgrade`);
+    }
+    let request: SyncRequest;
+    try {
+      request = parseSyncRequest(c.req.query("argv"));
+    } catch (error) {
+      if (!(error instanceof RsyncArgvError)) throw error;
+      return await this.#malformed(ctx, error.message);
+    }
+    const { action, path } = request;
+    const denied = await this.deny(ctx, action, { path });
+    if (denied) return denied;
+    const [resolved] = await resolvePaths([path]);
+    if (resolved === null || !(await resolvedInsideGrant(ctx.grant.effective, action, resolved))) {
+      const reason = resolved === null
+        ? "the path cannot be resolved"
+        : `the path leads to ${resolved} (through a symlink), outside the granted roots`;
+      await this.auditLine(ctx, { action, path, decision: "denied", reason, status: 403 });
+      return errorResponse(403, {
+        code: "capability_denied",
+        message: `action "${action}" on path ${path} is not allowed by this agent: ${reason}`,
+        action,
+        path,
+        reason,
+      });
+    }
+    const slot = await this.admit(ctx, action, { path });
+    if (slot instanceof Response) return slot;
+
+    const { socket, response } = Deno.upgradeWebSocket(c.req.raw);
+    const abort = new AbortController();
+    let stopReason: string | undefined;
+    slot.onStop = (reason) => {
+      stopReason ??= reason;
+      abort.abort();
+    };
+    const target = `${resolved}${request.trailingSlash && resolved !== "/" ? "/" : ""}`;
+    void runSyncTunnel(socket, ["rsync", ...request.argv, target], { signal: abort.signal })
+      .then(async (ended) => {
+        const result = ended.result;
+        await this.auditLine(ctx, {
+          action,
+          path,
+          ...(resolved !== path ? { resolvedPath: resolved } : {}),
+          decision: "allowed",
+          status: 101,
+          exitCode: result?.exitCode ?? null,
+          signal: result?.signal ?? null,
+          cancelled: result?.cancelled ?? false,
+          bytesIn: ended.bytesIn,
+          bytesOut: ended.bytesOut,
+          ...(stopReason
+            ? { reason: stopReason }
+            : ended.failure
+            ? { reason: `rsync could not run: ${describe(ended.failure)}` }
+            : result?.exitCode
+            ? { reason: ended.stderr.slice(-3).join(" / ") }
+            : {}),
+        });
+      })
+      .catch((error) => console.error(`ops-agent: sync ${path}: ${describe(error)}`))
+      .finally(() => slot.release());
+    return response;
   }
 
   async #run(c: Context<AgentEnv>): Promise<Response> {

@@ -41,6 +41,14 @@ export interface AuditRecord {
   cancelled?: boolean;
   /** Wall time of the request, in milliseconds. */
   durationMs?: number;
+  /** For sync: the target path as asked (normalised). */
+  path?: string;
+  /** For sync: where the path leads after symlinks, when it differs. */
+  resolvedPath?: string;
+  /** For sync: bytes from the client into rsync. */
+  bytesIn?: number;
+  /** For sync: bytes from rsync to the client. */
+  bytesOut?: number;
 }
 
 /** An append-only JSONL file. */

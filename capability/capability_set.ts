@@ -124,11 +124,14 @@ export class CapabilitySet {
   /**
    * The absolute roots of the set's path-limited sync grants, sorted.
    *
+   * @param action Only the roots of this action's grants (`sync.push` or `sync.pull`).
    * @returns Each distinct root once.
    */
-  syncRoots(): string[] {
+  syncRoots(action?: "sync.push" | "sync.pull"): string[] {
     const roots = new Set<string>();
-    for (const g of this.#grants) if (g.kind === "rooted") roots.add(g.root);
+    for (const g of this.#grants) {
+      if (g.kind === "rooted" && (action === undefined || g.action === action)) roots.add(g.root);
+    }
     return [...roots].sort();
   }
 

@@ -15,8 +15,12 @@ export interface ProcessSpec {
   env: Record<string, string>;
   /** Working directory. */
   cwd?: string;
-  /** Bytes written to stdin, which is then closed (unless `keepStdinOpen`). */
-  stdin?: Uint8Array;
+  /**
+   * Bytes written to stdin, which is then closed (unless `keepStdinOpen`); or
+   * a stream piped to stdin as it comes (the agent's rsync tunnel), with
+   * backpressure, closed when the stream ends.
+   */
+  stdin?: Uint8Array | ReadableStream<Uint8Array>;
   /**
    * Keep stdin open after `stdin` is written, until the process exits. The
    * ssh wrapper uses this: it learns of a dropped connection from stdin EOF.
@@ -34,6 +38,12 @@ export interface ProcessSpec {
    * open. Default 2000 ms.
    */
   drainMs?: number;
+  /**
+   * Take stdout as raw bytes instead of lines (a binary protocol, such as
+   * rsync's): each chunk is handed over as read, and a returned promise is
+   * awaited before the next read. stderr stays lines for `sink`.
+   */
+  stdoutBytes?: (chunk: Uint8Array) => void | Promise<void>;
   /** Treat a carriage return as a line end too (rsync's progress output). */
   carriageReturnEndsLine?: boolean;
   /**
@@ -149,7 +159,9 @@ export async function runProcess(
 
   const stdinDone = stdin.done;
   const lineOpts = { carriageReturnEndsLine: spec.carriageReturnEndsLine };
-  const stdoutDone = pumpLines(child.stdout, "stdout", gate, lineOpts);
+  const stdoutDone = spec.stdoutBytes
+    ? pumpBytes(child.stdout, spec.stdoutBytes, gate)
+    : pumpLines(child.stdout, "stdout", gate, lineOpts);
   const stderr = spec.stderrTransform
     ? child.stderr.pipeThrough(spec.stderrTransform)
     : child.stderr;
@@ -351,7 +363,9 @@ function openStdin(
   };
   const done = (async () => {
     try {
-      if (spec.stdin && spec.stdin.length > 0) await writer.write(spec.stdin);
+      if (spec.stdin instanceof ReadableStream) {
+        await pipeUntilExit(spec.stdin, writer, child.status);
+      } else if (spec.stdin && spec.stdin.length > 0) await writer.write(spec.stdin);
       if (spec.keepStdinOpen) await child.status;
       open = false;
       await writer.close();
@@ -363,6 +377,51 @@ function openStdin(
     }
   })();
   return { done, handle };
+}
+
+/**
+ * Copies `stream` into the child's stdin until it ends or the child exits (a
+ * stream that never ends, such as a tunnel the client keeps open, must not
+ * keep a finished run waiting).
+ */
+async function pipeUntilExit(
+  stream: ReadableStream<Uint8Array>,
+  writer: WritableStreamDefaultWriter<Uint8Array>,
+  exited: Promise<unknown>,
+): Promise<void> {
+  const reader = stream.getReader();
+  const gone = exited.then(() => null);
+  try {
+    for (;;) {
+      const next = await Promise.race([reader.read(), gone]);
+      if (next === null || next.done) return;
+      await writer.write(next.value);
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+    reader.releaseLock();
+  }
+}
+
+/** Hands `stream`'s chunks to `consume` as they are read, awaiting it (backpressure). */
+async function pumpBytes(
+  stream: ReadableStream<Uint8Array>,
+  consume: (chunk: Uint8Array) => void | Promise<void>,
+  gate: LineGate,
+): Promise<void> {
+  const reader = stream.getReader();
+  gate.readers.add(reader);
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      gate.reads++;
+      await consume(value);
+    }
+  } finally {
+    gate.readers.delete(reader);
+    reader.releaseLock();
+  }
 }
 
 /**

@@ -137,3 +137,29 @@ export interface HealthBody {
   version: string;
   protocol: number;
 }
+
+// --- the sync tunnel (/v1/sync) -------------------------------------------
+
+/** The stderr prefix of a refusal report. */
+export const REFUSED_PREFIX = "ops-exec-sync-refused: ";
+
+/** What the agent said when it refused the tunnel. */
+export interface SyncRefusal {
+  /** The HTTP status (0 when the agent could not be reached). */
+  status: number;
+  /** The agent's JSON error body, when it sent one. */
+  body: unknown;
+  /** A sentence describing the refusal. */
+  message: string;
+}
+
+/** Parses a refusal line written by this program, if `line` is one. */
+export function parseRefusal(line: string): SyncRefusal | null {
+  const at = line.indexOf(REFUSED_PREFIX);
+  if (at < 0) return null;
+  try {
+    return JSON.parse(line.slice(at + REFUSED_PREFIX.length)) as SyncRefusal;
+  } catch {
+    return null;
+  }
+}

@@ -2,7 +2,7 @@
 // through here; they differ only in the remote shell (`-e`) and the path form.
 
 import { normalizeRoot } from "../capability/path.ts";
-import { StepError, TransportError } from "../executor/errors.ts";
+import { ConfigError, StepError, TransportError } from "../executor/errors.ts";
 import { baseEnvironment } from "../executor/_env.ts";
 import { runProcess } from "../executor/_spawn.ts";
 import type { LogLine, SyncOpts, SyncProgress, SyncResult } from "../executor/types.ts";
@@ -80,6 +80,26 @@ export function rsyncOptions(opts: SyncOpts): string[] {
   if (opts.dryRun) args.push("--dry-run");
   if (opts.compress) args.push("--compress");
   return args;
+}
+
+/**
+ * The `rsync --rsh` command: a program and its arguments as one string that
+ * rsync splits on spaces (honouring single and double quotes, not
+ * backslashes).
+ *
+ * @throws {ConfigError} When a word holds both kinds of quote (named by `key`).
+ */
+export function rsyncRemoteShell(
+  program: string,
+  args: readonly string[],
+  key = "sshOptions",
+): string {
+  return [program, ...args].map((word) => {
+    if (!/[\s'"]/.test(word)) return word;
+    if (!word.includes("'")) return `'${word}'`;
+    if (!word.includes('"')) return `"${word}"`;
+    throw new ConfigError(key, `rsync cannot pass ${JSON.stringify(word)} to its remote shell`);
+  }).join(" ");
 }
 
 /** The whole rsync argv for a route. */

@@ -144,21 +144,6 @@ export function sshOptionArgs(target: SshTarget, controlPath: string): string[] 
   return args;
 }
 
-/**
- * The `rsync --rsh` command: the same program and options, as one string
- * that rsync splits on spaces (honouring single and double quotes).
- *
- * @throws {ConfigError} When an option holds both kinds of quote.
- */
-export function rsyncRemoteShell(program: string, args: readonly string[]): string {
-  return [program, ...args].map((word) => {
-    if (!/[\s'"]/.test(word)) return word;
-    if (!word.includes("'")) return `'${word}'`;
-    if (!word.includes('"')) return `"${word}"`;
-    throw new ConfigError("sshOptions", `rsync cannot pass ${JSON.stringify(word)} to ssh`);
-  }).join(" ");
-}
-
 /** The host as rsync's remote operand wants it (IPv6 literals in brackets). */
 export function rsyncHost(host: string): string {
   return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;

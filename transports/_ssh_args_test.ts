@@ -3,11 +3,11 @@ import { ConfigError, TransportError } from "../executor/errors.ts";
 import {
   checkSshOptions,
   configPath,
-  rsyncRemoteShell,
   sshFailure,
   sshOptionArgs,
   type SshTarget,
 } from "./_ssh_args.ts";
+import { rsyncRemoteShell } from "./_rsync.ts";
 
 const target: SshTarget = {
   host: "web-1",

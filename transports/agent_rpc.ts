@@ -24,10 +24,12 @@ import {
   type ErrorBody,
   HEARTBEAT_HEADER,
   NDJSON_TYPE,
+  parseRefusal,
   PATHS,
   type RunEvent,
+  type SyncRefusal,
 } from "./_agent_protocol.ts";
-import { checkRemotePath } from "./_rsync.ts";
+import { checkRemotePath, rsyncRemoteShell, runRsync } from "./_rsync.ts";
 
 /** Where the agent is, and how to reach it. */
 export interface AgentRpcOptions {
@@ -49,6 +51,14 @@ export interface AgentRpcOptions {
    * 45 000 ms; at least 1 500.
    */
   idleTimeoutMs?: number;
+  /**
+   * A step with a `timeoutMs` ends on the agent within that timeout plus its
+   * `killGraceMs`. When its end has not arrived by then plus this margin,
+   * and nothing has arrived for this long either, the host counts as cut off
+   * (a dropped link sends no FIN and silences the heartbeat too) and the run
+   * fails with `TransportError` `timeout`. Default 5 000 ms; at least 500.
+   */
+  timeoutMarginMs?: number;
 }
 
 /**
@@ -84,6 +94,7 @@ export class AgentRpc implements Executor {
   readonly #localAddress?: string;
   readonly #connectTimeoutMs: number;
   readonly #idleTimeoutMs: number;
+  readonly #timeoutMarginMs: number;
   #client: Deno.HttpClient | null = null;
 
   /**
@@ -109,6 +120,7 @@ export class AgentRpc implements Executor {
     if (opts.localAddress !== undefined) this.#localAddress = opts.localAddress;
     this.#connectTimeoutMs = opts.connectTimeoutMs ?? 30_000;
     this.#idleTimeoutMs = Math.max(1500, opts.idleTimeoutMs ?? 45_000);
+    this.#timeoutMarginMs = Math.max(500, opts.timeoutMarginMs ?? 5_000);
   }
 
   /** The caller-side grant this executor is scoped to. */
@@ -124,7 +136,10 @@ export class AgentRpc implements Executor {
    * once, says `cancelled`.
    *
    * @throws {CapabilityDenied} Scope `caller` before anything is sent; scope `agent` when the agent refuses.
-   * @throws {TransportError} `unreachable`, `unknown_peer`, `connection_lost`, `spawn_failed`, `protocol`.
+   * @throws {TransportError} `unreachable`, `unknown_peer`, `connection_lost`, `spawn_failed`,
+   * `protocol`; `timeout` when a step with a `timeoutMs` has not ended by its timeout, grace and
+   * `timeoutMarginMs` and the agent has gone silent (the host is cut off; the agent still stops
+   * the step at its timeout, but how it ended is unknown here).
    */
   async runStreaming(step: Step, sink: LogSink, opts: RunOptions = {}): Promise<RunOutput> {
     assertAllowed(this.#caps, step.action, { host: this.host });
@@ -147,8 +162,30 @@ export class AgentRpc implements Executor {
     const abort = new AbortController();
     const onAbort = () => abort.abort();
     opts.signal?.addEventListener("abort", onAbort, { once: true });
-    let idle = false;
-    let watchdog: ReturnType<typeof setInterval> | undefined;
+    // Why the watchdog gave up on the connection, if it did.
+    let lost: "idle" | "overdue" | null = null;
+    let streaming = false;
+    let inSink = false;
+    let lastEvent = started;
+    const deadline = step.timeoutMs === undefined
+      ? Infinity
+      : started + step.timeoutMs + step.killGraceMs + this.#timeoutMarginMs;
+    const watchdog = setInterval(() => {
+      const now = performance.now();
+      if (inSink) return;
+      if (now >= deadline && now - lastEvent >= this.#timeoutMarginMs) lost = "overdue";
+      else if (streaming && now - lastEvent > this.#idleTimeoutMs) lost = "idle";
+      if (lost) abort.abort();
+    }, Math.min(1000, this.#idleTimeoutMs / 4, this.#timeoutMarginMs / 4));
+    const overdue = () =>
+      new TransportError(
+        "timeout",
+        this.host,
+        `no word from the agent for ${Math.round(performance.now() - lastEvent)} ms, and the ` +
+          `step's timeout (${step.timeoutMs} ms) and grace (${step.killGraceMs} ms) are over by ` +
+          `more than ${this.#timeoutMarginMs} ms: the host is unreachable (a cut link or a frozen ` +
+          `host). Its agent stops the step at the timeout by itself; how it ended is unknown here.`,
+      );
     try {
       let response: Response;
       try {
@@ -164,19 +201,13 @@ export class AgentRpc implements Executor {
         }, abort.signal);
       } catch (error) {
         if (opts.signal?.aborted) return output({ cancelled: true });
+        if (lost === "overdue") throw overdue();
         throw error;
       }
       if (!response.ok) throw await this.#errorFor(response, step.action);
       if (!response.body) throw this.#protocol("the agent sent no event stream");
-
-      let lastEvent = performance.now();
-      let inSink = false;
-      watchdog = setInterval(() => {
-        if (!inSink && performance.now() - lastEvent > this.#idleTimeoutMs) {
-          idle = true;
-          abort.abort();
-        }
-      }, Math.min(1000, this.#idleTimeoutMs / 4));
+      lastEvent = performance.now();
+      streaming = true;
 
       let nextSeq = 0;
       try {
@@ -249,7 +280,8 @@ export class AgentRpc implements Executor {
         if (error instanceof SinkFailure) throw error.error;
         if (error instanceof OpsExecError) throw error;
         if (opts.signal?.aborted) return output({ cancelled: true });
-        if (idle) {
+        if (lost === "overdue") throw overdue();
+        if (lost === "idle") {
           throw new TransportError(
             "connection_lost",
             this.host,
@@ -321,25 +353,34 @@ export class AgentRpc implements Executor {
   }
 
   /**
-   * Copies from the agent's host. Not available yet: transfers through the
-   * agent arrive with its `/v1/sync` endpoint.
+   * Copies `remotePath` on the agent's host to `localPath`, with rsync's own
+   * delta protocol through the agent's `/v1/sync` tunnel. The agent checks
+   * `sync.pull` on the path (and on where it leads after symlinks) against
+   * its ceiling.
    *
-   * @throws {CapabilityDenied} When `sync.pull` on `remotePath` is not granted.
-   * @throws {OpsExecError} `not_implemented`, otherwise.
+   * Needs permission to run `rsync` and this Deno (`Deno.execPath()`): rsync's
+   * remote shell is the tunnel program `sync_tunnel.ts`, run by Deno.
+   *
+   * @throws {CapabilityDenied} Scope `caller` before anything starts; scope `agent` when the agent refuses.
+   * @throws {TransportError} `sync_failed` with rsync's words, `unknown_peer`, `unreachable`, `timeout`.
    */
-  pull(remotePath: string, _localPath: string, _opts: SyncOpts = {}): Promise<SyncResult> {
-    return this.#syncNotYet("sync.pull", remotePath);
+  pull(remotePath: string, localPath: string, opts: SyncOpts = {}): Promise<SyncResult> {
+    return this.#sync("sync.pull", localPath, remotePath, opts);
   }
 
   /**
-   * Copies to the agent's host. Not available yet: transfers through the
-   * agent arrive with its `/v1/sync` endpoint.
+   * Copies `localPath` to `remotePath` on the agent's host, with rsync's own
+   * delta protocol through the agent's `/v1/sync` tunnel. The agent checks
+   * `sync.push` on the path (and on where it leads after symlinks) against
+   * its ceiling.
    *
-   * @throws {CapabilityDenied} When `sync.push` on `remotePath` is not granted.
-   * @throws {OpsExecError} `not_implemented`, otherwise.
+   * Needs permission to run `rsync` and this Deno (`Deno.execPath()`).
+   *
+   * @throws {CapabilityDenied} Scope `caller` before anything starts; scope `agent` when the agent refuses.
+   * @throws {TransportError} `sync_failed` with rsync's words, `unknown_peer`, `unreachable`, `timeout`.
    */
-  push(_localPath: string, remotePath: string, _opts: SyncOpts = {}): Promise<SyncResult> {
-    return this.#syncNotYet("sync.push", remotePath);
+  push(localPath: string, remotePath: string, opts: SyncOpts = {}): Promise<SyncResult> {
+    return this.#sync("sync.push", localPath, remotePath, opts);
   }
 
   /** Closes the pooled HTTP connections. Idempotent; a later call opens new ones. */
@@ -354,19 +395,38 @@ export class AgentRpc implements Executor {
     return this.close();
   }
 
-  #syncNotYet(action: "sync.push" | "sync.pull", remotePath: string): Promise<SyncResult> {
+  async #sync(
+    action: "sync.push" | "sync.pull",
+    localPath: string,
+    remotePath: string,
+    opts: SyncOpts,
+  ): Promise<SyncResult> {
+    const target = checkRemotePath(remotePath);
+    assertAllowed(this.#caps, action, { host: this.host, path: target });
     try {
-      const path = checkRemotePath(remotePath);
-      assertAllowed(this.#caps, action, { host: this.host, path });
+      return await runRsync({
+        host: this.host,
+        action,
+        localPath,
+        remotePath: target,
+        remotePrefix: "ops-agent:",
+        remoteShell: tunnelCommand(this.#base, this.#localAddress),
+      }, opts);
     } catch (error) {
-      return Promise.reject(error);
+      const refusal = error instanceof TransportError && error.kind === "sync_failed"
+        ? refusalIn(error.detail ?? "")
+        : null;
+      if (!refusal) throw error;
+      if (refusal.status === 0) {
+        throw new TransportError(
+          "unreachable",
+          this.host,
+          `cannot reach the agent at ${this.#base.origin}: ${refusal.message}`,
+        );
+      }
+      const body = typeof refusal.body === "string" ? refusal.body : JSON.stringify(refusal.body);
+      throw await this.#errorFor(new Response(body, { status: refusal.status }), action);
     }
-    return Promise.reject(
-      new OpsExecError(
-        "not_implemented",
-        `${this.host}: ${action} through ops-agent is not implemented yet (it comes with the agent's /v1/sync endpoint); use SshExec or LocalExec for transfers meanwhile`,
-      ),
-    );
   }
 
   /**
@@ -498,4 +558,29 @@ function reachability(error: unknown): string {
   if (/timed? ?out/i.test(all)) return `connection timed out (${all})`;
   if (/unreachable|no route/i.test(all)) return `no route to the host (${all})`;
   return all || "unknown error";
+}
+
+/**
+ * rsync's remote shell for an agent: this Deno running the tunnel program,
+ * allowed to reach the agent and nothing else. From a checkout, with the
+ * package's own deno.json (its import map); from JSR, with none (the
+ * published module carries its imports resolved).
+ */
+function tunnelCommand(base: URL, localAddress: string | undefined): string {
+  const program = new URL("./sync_tunnel.ts", import.meta.url);
+  const args = ["run", "--quiet", "--no-prompt", `--allow-net=${base.host}`];
+  const config = new URL("../deno.json", import.meta.url);
+  args.push(program.protocol === "file:" ? `--config=${config.pathname}` : "--no-config");
+  args.push(program.href, `--url=${base.origin}`);
+  if (localAddress !== undefined) args.push(`--local-address=${localAddress}`);
+  return rsyncRemoteShell(Deno.execPath(), args, "url");
+}
+
+/** The tunnel's refusal report among rsync's stderr lines, if there is one. */
+function refusalIn(stderr: string): SyncRefusal | null {
+  for (const line of stderr.split("\n")) {
+    const refusal = parseRefusal(line);
+    if (refusal) return refusal;
+  }
+  return null;
 }

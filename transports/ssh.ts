@@ -14,12 +14,11 @@ import type {
   SyncResult,
 } from "../executor/types.ts";
 import type { Step } from "../step/step.ts";
-import { checkRemotePath, runRsync } from "./_rsync.ts";
+import { checkRemotePath, rsyncRemoteShell, runRsync } from "./_rsync.ts";
 import {
   checkSshOptions,
   checkWord,
   rsyncHost,
-  rsyncRemoteShell,
   sshFailure,
   sshOptionArgs,
   type SshTarget,

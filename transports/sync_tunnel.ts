@@ -12,35 +12,13 @@
 //
 // Messages after the upgrade: binary = rsync's bytes, both ways. Text from
 // the agent: {"stderr": "..."} (the server rsync's stderr) and, last,
-// {"exit": N} (its exit status, which becomes this program's). Text from
-// here: {"eof": true} once rsync closes our stdin.
+// {"exit": N} (its exit status, which becomes this program's), and
+// {"ack": N} (bytes of ours rsync has taken: at most 8 MiB may be in flight
+// beyond it). Text from here: {"eof": true} once rsync closes our stdin.
 
 import { parseArgs } from "@deps/cli";
+import { REFUSED_PREFIX, type SyncRefusal } from "./_agent_protocol.ts";
 import { WsClient, WsHandshakeError } from "./_ws_client.ts";
-
-/** The stderr prefix of a refusal report. */
-export const REFUSED_PREFIX = "ops-exec-sync-refused: ";
-
-/** What the agent said when it refused the tunnel. */
-export interface SyncRefusal {
-  /** The HTTP status (0 when the agent could not be reached). */
-  status: number;
-  /** The agent's JSON error body, when it sent one. */
-  body: unknown;
-  /** A sentence describing the refusal. */
-  message: string;
-}
-
-/** Parses a refusal line written by this program, if `line` is one. */
-export function parseRefusal(line: string): SyncRefusal | null {
-  const at = line.indexOf(REFUSED_PREFIX);
-  if (at < 0) return null;
-  try {
-    return JSON.parse(line.slice(at + REFUSED_PREFIX.length)) as SyncRefusal;
-  } catch {
-    return null;
-  }
-}
 
 async function main(args: string[]): Promise<number> {
   // Our own options come first, in --name=value form; then rsync's host name.
@@ -68,7 +46,8 @@ async function main(args: string[]): Promise<number> {
     return 255;
   }
 
-  const upstream = pumpStdin(ws);
+  const flow = new Window();
+  const upstream = pumpStdin(ws, flow);
   let exit = 255;
   const stderr = Deno.stderr.writable.getWriter();
   const stdout = Deno.stdout.writable.getWriter();
@@ -77,20 +56,59 @@ async function main(args: string[]): Promise<number> {
       await stdout.write(message);
       continue;
     }
-    const event = parseJson(message) as { stderr?: string; exit?: number } | null;
+    const event = parseJson(message) as { stderr?: string; exit?: number; ack?: number } | null;
+    if (event?.ack !== undefined) flow.acknowledge(event.ack);
     if (event?.stderr !== undefined) {
       await stderr.write(new TextEncoder().encode(`${event.stderr}\n`));
     }
     if (event?.exit !== undefined) exit = event.exit;
   }
-  await upstream.catch(() => {});
+  // The agent's side has ended. rsync keeps our stdin open until we exit, so
+  // the upstream pump is not waited for.
+  flow.close();
+  upstream.catch(() => {});
   await stdout.close().catch(() => {});
   return exit;
 }
 
-/** Carries our stdin to the agent, then says so when it ends. */
-async function pumpStdin(ws: WsClient): Promise<void> {
-  for await (const chunk of Deno.stdin.readable) await ws.send(chunk);
+/** Bytes in flight to the agent beyond its last acknowledgement, at most. */
+const WINDOW = 8 * 1024 * 1024;
+
+/**
+ * Flow control for the upstream direction: a WebSocket server cannot push
+ * back on what it receives, so the agent acknowledges what rsync has taken
+ * and this side keeps at most WINDOW bytes unacknowledged.
+ */
+class Window {
+  #sent = 0;
+  #acked = 0;
+  #closed = false;
+  #wake: (() => void) | null = null;
+
+  async reserve(bytes: number): Promise<void> {
+    while (!this.#closed && this.#sent - this.#acked > WINDOW) {
+      await new Promise<void>((resolve) => (this.#wake = resolve));
+    }
+    this.#sent += bytes;
+  }
+
+  acknowledge(total: number): void {
+    this.#acked = Math.max(this.#acked, total);
+    this.#wake?.();
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#wake?.();
+  }
+}
+
+/** Carries our stdin to the agent, within the window, then says when it ends. */
+async function pumpStdin(ws: WsClient, flow: Window): Promise<void> {
+  for await (const chunk of Deno.stdin.readable) {
+    await flow.reserve(chunk.length);
+    await ws.send(chunk);
+  }
   await ws.send(JSON.stringify({ eof: true }));
 }
 

@@ -1,0 +1,289 @@
+// The agent's side of push/pull: which `rsync --server` argument vectors it
+// accepts, where a target path really leads (after `..` and symlinks), and
+// the tunnel that runs `rsync --server` with a WebSocket as its stdin/stdout.
+
+import type { CapabilitySet } from "../capability/capability_set.ts";
+import { isInsideRoot, normalizeRoot } from "../capability/path.ts";
+import { baseEnvironment } from "../executor/_env.ts";
+import { type ProcessResult, runProcess } from "../executor/_spawn.ts";
+import type { LogLine } from "../executor/types.ts";
+
+/** What a valid `rsync --server` vector asks for. */
+export interface SyncRequest {
+  /** `sync.pull` when the agent's rsync sends (`--sender`), `sync.push` when it receives. */
+  action: "sync.push" | "sync.pull";
+  /** The target path as the client gave it, normalised (`..` resolved lexically). */
+  path: string;
+  /** The vector without the path: `rsync --server [--sender] -flags [--long...] .` */
+  argv: string[];
+  /** Whether the client's path ended with a slash (rsync's "contents of"). */
+  trailingSlash: boolean;
+}
+
+/** A vector the agent will not run; the message says which word and why. */
+export class RsyncArgvError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "RsyncArgvError";
+  }
+}
+
+/**
+ * The single-letter options a client's `rsync --server` vector may carry:
+ * those of ops-exec's own push/pull (`--archive` = rlptgoD, n for dryRun,
+ * c for checksum, z for compress, v for verbose). Everything else is refused:
+ * among them L, k, K (follow links out of the root), s (moves the options
+ * into the data stream, past this check), R, b, and every option that takes
+ * a program, a file or a directory elsewhere.
+ */
+const SHORT_OPTIONS = new Set("rlptgoDnczv");
+/** Long options a vector may carry after the short group. */
+const LONG_OPTIONS = new Set(["--delete", "--stats", "--mkpath"]);
+/** rsync's protocol-capability letters after `e.` (they select protocol features, run nothing). */
+const CAPABILITIES = /^[A-Za-z]*$/;
+
+/**
+ * Checks a client's `rsync --server` vector against the allowlist.
+ *
+ * @param value The `argv` query parameter: a JSON array of strings.
+ * @throws {RsyncArgvError} When it is not a genuine, allowed vector.
+ */
+export function parseSyncRequest(value: string | undefined): SyncRequest {
+  if (!value) {
+    throw new RsyncArgvError("the argv query parameter (the rsync --server vector) is missing");
+  }
+  let argv: unknown;
+  try {
+    argv = JSON.parse(value);
+  } catch {
+    throw new RsyncArgvError("argv is not JSON");
+  }
+  if (!Array.isArray(argv) || !argv.every((word) => typeof word === "string")) {
+    throw new RsyncArgvError("argv must be a JSON array of strings");
+  }
+  const words = argv as string[];
+  if (words.some((word) => word.includes("\0") || word.includes("\n"))) {
+    throw new RsyncArgvError("argv holds a NUL or newline");
+  }
+  if (words[0] !== "rsync" || words[1] !== "--server") {
+    throw new RsyncArgvError(
+      `only "rsync --server ..." runs here, not ${JSON.stringify(words.slice(0, 2).join(" "))}`,
+    );
+  }
+  let i = 2;
+  const sender = words[i] === "--sender";
+  if (sender) i++;
+  const flags = words[i++] ?? "";
+  const match = /^-([A-Za-z]+)e\.([A-Za-z]*)$/.exec(flags);
+  if (!match || !CAPABILITIES.test(match[2])) {
+    throw new RsyncArgvError(
+      `expected rsync's option group (like -logDtpre.iLsfxCIvu) after --server, got ${
+        JSON.stringify(flags)
+      }`,
+    );
+  }
+  const refused = [...match[1]].filter((letter) => !SHORT_OPTIONS.has(letter));
+  if (refused.length > 0) throw new RsyncArgvError(`refused rsync option(s) -${refused.join("")}`);
+  const long: string[] = [];
+  while (i < words.length && words[i].startsWith("-")) {
+    const option = words[i++];
+    if (!LONG_OPTIONS.has(option)) throw new RsyncArgvError(`refused rsync option ${option}`);
+    if (sender && option === "--delete") {
+      throw new RsyncArgvError("--delete is the receiver's option, not the sender's");
+    }
+    long.push(option);
+  }
+  if (words[i] !== "." || words.length !== i + 2) {
+    throw new RsyncArgvError(
+      `expected ". PATH" at the end of the vector, got ${JSON.stringify(words.slice(i))}`,
+    );
+  }
+  const target = words[i + 1];
+  if (!target.startsWith("/")) {
+    throw new RsyncArgvError(`the path must be absolute, got ${JSON.stringify(target)}`);
+  }
+  return {
+    action: sender ? "sync.pull" : "sync.push",
+    path: normalizeRoot(target),
+    argv: ["--server", ...(sender ? ["--sender"] : []), flags, ...long, "."],
+    trailingSlash: target.endsWith("/") && target !== "/",
+  };
+}
+
+// Prints, for each argument, where it really leads: the deepest directory
+// that exists, resolved by `cd -P` (every symlink followed), with the parts
+// that do not exist yet appended. NUL-separated.
+const RESOLVE = `for p; do
+  rest=
+  while [ "$p" != / ] && [ ! -d "$p" ]; do rest="/\${p##*/}$rest"; p=\${p%/*}; [ -n "$p" ] || p=/; done
+  if cd -P -- "$p" 2>/dev/null; then printf '%s%s\\0' "$(pwd -P)" "$rest"; else printf '\\0'; fi
+done`;
+
+/**
+ * Where each path leads after symlinks and `..` (for paths that do not exist
+ * yet: their deepest existing directory, resolved, plus the rest). Resolved by
+ * `/bin/sh` (`cd -P`), which the agent may run whatever its read scope; an
+ * unresolvable path comes back as `null`.
+ */
+export async function resolvePaths(paths: readonly string[]): Promise<(string | null)[]> {
+  const out = await new Deno.Command("/bin/sh", {
+    args: ["-c", RESOLVE, "sh", ...paths],
+    env: baseEnvironment(),
+    clearEnv: true,
+    stdin: "null",
+    stderr: "null",
+  }).output();
+  const resolved = new TextDecoder().decode(out.stdout).split("\0").slice(0, paths.length);
+  return paths.map((_, i) => (resolved[i] ? normalizeRoot(resolved[i]) : null));
+}
+
+/**
+ * Whether `resolved` (a target after symlinks) lies inside a root that
+ * `effective` grants for `action`, with the roots resolved the same way. An
+ * unlimited grant (`sync.push`, `sync.*`, `*`) allows any path.
+ */
+export async function resolvedInsideGrant(
+  effective: CapabilitySet,
+  action: "sync.push" | "sync.pull",
+  resolved: string,
+): Promise<boolean> {
+  if (effective.allows(action)) return true;
+  const roots = effective.syncRoots(action);
+  const real = await resolvePaths(roots);
+  return roots.some((root, i) =>
+    isInsideRoot(resolved, root) || (real[i] !== null && isInsideRoot(resolved, real[i]!))
+  );
+}
+
+/** How a tunnelled transfer ended. */
+export interface TunnelResult {
+  /** rsync's result (undefined when it could not start). */
+  result?: ProcessResult;
+  /** Why it could not start or ended early. */
+  failure?: unknown;
+  /** Bytes from the client into rsync. */
+  bytesIn: number;
+  /** Bytes from rsync to the client. */
+  bytesOut: number;
+  /** rsync's last stderr lines. */
+  stderr: string[];
+}
+
+/** Options of {@linkcode runSyncTunnel}. */
+export interface TunnelOptions {
+  /** Ends the transfer (rsync's group is killed). */
+  signal: AbortSignal;
+}
+
+/** Unacknowledged bytes a client may have in flight; the agent acks every ACK_EVERY bytes. */
+export const ACK_EVERY = 1024 * 1024;
+/** Bytes the agent lets queue on the socket before it stops reading rsync's stdout. */
+const SEND_HIGH_WATER = 8 * 1024 * 1024;
+
+/**
+ * Runs `rsync` with `argv` through the shared spawn core, with the WebSocket
+ * as its stdin and stdout. Binary messages are rsync's bytes both ways; text
+ * messages from the client: `{"eof":true}`; to the client: `{"ack":N}` (bytes
+ * of its stream written to rsync so far, for its flow control),
+ * `{"stderr":"..."}`, and last `{"exit":N,"signal":S}`. Closing the socket
+ * (either way) ends rsync.
+ */
+export function runSyncTunnel(
+  socket: WebSocket,
+  argv: string[],
+  opts: TunnelOptions,
+): Promise<TunnelResult> {
+  socket.binaryType = "arraybuffer";
+  const abort = new AbortController();
+  const stop = () => abort.abort();
+  opts.signal.addEventListener("abort", stop, { once: true });
+  const tail: string[] = [];
+  let bytesIn = 0;
+  let bytesOut = 0;
+  let acked = 0;
+
+  const queue: Uint8Array[] = [];
+  let wake: (() => void) | null = null;
+  let ended = false;
+  const notify = () => {
+    wake?.();
+    wake = null;
+  };
+  const stdin = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      while (queue.length === 0 && !ended) await new Promise<void>((r) => (wake = r));
+      const chunk = queue.shift();
+      if (!chunk) return controller.close();
+      bytesIn += chunk.length;
+      if (bytesIn - acked >= ACK_EVERY) {
+        acked = bytesIn;
+        send(JSON.stringify({ ack: acked }));
+      }
+      controller.enqueue(chunk);
+    },
+  }, { highWaterMark: 0 });
+
+  const send = (data: string | Uint8Array) => {
+    if (socket.readyState === WebSocket.OPEN) socket.send(data);
+  };
+  socket.onmessage = (event) => {
+    if (typeof event.data === "string") {
+      if (event.data.includes('"eof"')) {
+        ended = true;
+        notify();
+      }
+      return;
+    }
+    queue.push(new Uint8Array(event.data as ArrayBuffer));
+    notify();
+  };
+  const opened = new Promise<void>((resolve) => {
+    if (socket.readyState === WebSocket.OPEN) resolve();
+    socket.onopen = () => resolve();
+  });
+  socket.onclose = () => {
+    ended = true;
+    notify();
+    stop();
+  };
+  socket.onerror = () => stop();
+
+  const sink = {
+    write(line: LogLine) {
+      tail.push(line.text);
+      if (tail.length > 20) tail.shift();
+      send(JSON.stringify({ stderr: line.text }));
+    },
+  };
+  const stdoutBytes = async (chunk: Uint8Array) => {
+    bytesOut += chunk.length;
+    send(chunk);
+    // The client reads slowly: stop reading rsync until the socket drains.
+    while (socket.bufferedAmount > SEND_HIGH_WATER && socket.readyState === WebSocket.OPEN) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  };
+
+  return (async (): Promise<TunnelResult> => {
+    await Promise.race([opened, new Promise((r) => abort.signal.addEventListener("abort", r))]);
+    try {
+      const result = await runProcess({
+        argv,
+        env: baseEnvironment(),
+        stdin,
+        stdoutBytes,
+        killGraceMs: 2000,
+        signal: abort.signal,
+      }, sink);
+      send(JSON.stringify({ exit: result.exitCode ?? 255, signal: result.signal }));
+      return { result, bytesIn, bytesOut, stderr: tail };
+    } catch (failure) {
+      send(JSON.stringify({ stderr: `ops-agent: cannot run rsync: ${failure}` }));
+      send(JSON.stringify({ exit: 255, signal: null }));
+      return { failure, bytesIn, bytesOut, stderr: tail };
+    } finally {
+      opts.signal.removeEventListener("abort", stop);
+      if (socket.readyState === WebSocket.OPEN) socket.close(1000, "done");
+    }
+  })();
+}
