@@ -568,7 +568,12 @@ function reachability(error: unknown): string {
  */
 function tunnelCommand(base: URL, localAddress: string | undefined): string {
   const program = new URL("./sync_tunnel.ts", import.meta.url);
-  const args = ["run", "--quiet", "--no-prompt", `--allow-net=${base.host}`];
+  // Binding the source address is a net access of its own ("IP:0").
+  const allowNet = [base.host];
+  if (localAddress !== undefined) {
+    allowNet.push(`${localAddress.includes(":") ? `[${localAddress}]` : localAddress}:0`);
+  }
+  const args = ["run", "--quiet", "--no-prompt", `--allow-net=${allowNet.join(",")}`];
   const config = new URL("../deno.json", import.meta.url);
   args.push(program.protocol === "file:" ? `--config=${config.pathname}` : "--no-config");
   args.push(program.href, `--url=${base.origin}`);
