@@ -97,6 +97,8 @@ export function whoisText(fixture: WhoisFixture, edits: WhoisEdits = {}): string
 export interface TailnetStandinOptions {
   /** Unix sockets to serve the LocalAPI on. Default: [{@linkcode STANDIN_SOCKET}]. */
   sockets?: string[];
+  /** Where its own directory (CLI script, map) is created. Default /tmp/ops-agent. */
+  parent?: string;
 }
 
 /** A request the LocalAPI stand-in received. */
@@ -134,7 +136,10 @@ export class TailnetStandin {
   /** Starts the LocalAPI servers and writes the CLI script. */
   static async start(opts: TailnetStandinOptions = {}): Promise<TailnetStandin> {
     await Deno.mkdir("/tmp/ops-agent", { recursive: true });
-    const root = await Deno.makeTempDir({ dir: "/tmp/ops-agent", prefix: "tailnet-" });
+    const root = await Deno.makeTempDir({
+      dir: opts.parent ?? "/tmp/ops-agent",
+      prefix: "tailnet-",
+    });
     const standin = new TailnetStandin(root, opts.sockets ?? [STANDIN_SOCKET]);
     await Deno.mkdir(standin.binDir);
     await Deno.mkdir(standin.#mapDir);

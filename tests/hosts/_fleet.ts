@@ -261,7 +261,7 @@ export class Fleet implements AsyncDisposable {
       }
       const sockets = chosen.filter((h) => HOST_POLICIES[h.name].whois === "socket")
         .map((h) => join(dir, h.name, "tailscale", "tailscaled.sock"));
-      setup.tailnet = await TailnetStandin.start({ sockets });
+      setup.tailnet = await TailnetStandin.start({ sockets, parent: dir });
       for (const name of PEER_NAMES) {
         const doc = peerWhois(name, peers[name]);
         if (doc) setup.tailnet.set(peers[name], doc);
