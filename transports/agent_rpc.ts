@@ -411,6 +411,8 @@ export class AgentRpc implements Executor {
         remotePath: target,
         remotePrefix: "ops-agent:",
         remoteShell: tunnelCommand(this.#base, this.#localAddress),
+        // The tunnel is a Deno program: its stdout must be a blocking descriptor.
+        extraArgs: ["--blocking-io"],
       }, opts);
     } catch (error) {
       const refusal = error instanceof TransportError && error.kind === "sync_failed"

@@ -42,24 +42,26 @@ async function main(args: string[]): Promise<number> {
     const refusal: SyncRefusal = error instanceof WsHandshakeError
       ? { status: error.status, body: parseJson(error.body), message: error.message }
       : { status: 0, body: null, message: String(error) };
-    console.error(`${REFUSED_PREFIX}${JSON.stringify(refusal)}`);
+    await writeAll(
+      Deno.stderr,
+      new TextEncoder().encode(`${REFUSED_PREFIX}${JSON.stringify(refusal)}\n`),
+    );
     return 255;
   }
 
   const flow = new Window();
   const upstream = pumpStdin(ws, flow);
   let exit = 255;
-  const stderr = Deno.stderr.writable.getWriter();
-  const stdout = Deno.stdout.writable.getWriter();
+  const encoder = new TextEncoder();
   for await (const message of ws.messages) {
     if (typeof message !== "string") {
-      await stdout.write(message);
+      await writeAll(Deno.stdout, message);
       continue;
     }
     const event = parseJson(message) as { stderr?: string; exit?: number; ack?: number } | null;
     if (event?.ack !== undefined) flow.acknowledge(event.ack);
     if (event?.stderr !== undefined) {
-      await stderr.write(new TextEncoder().encode(`${event.stderr}\n`));
+      await writeAll(Deno.stderr, encoder.encode(`${event.stderr}\n`));
     }
     if (event?.exit !== undefined) exit = event.exit;
   }
@@ -67,8 +69,40 @@ async function main(args: string[]): Promise<number> {
   // the upstream pump is not waited for.
   flow.close();
   upstream.catch(() => {});
-  await stdout.close().catch(() => {});
   return exit;
+}
+
+// rsync hands its remote shell a non-blocking socket unless it runs with
+// --blocking-io (AgentRpc passes it). Deno's writes to a non-blocking
+// descriptor can write part of a buffer and still fail with WouldBlock, which
+// no retry can repair (the bytes written are not reported): fail clearly.
+
+/** Writes all of `bytes`. */
+async function writeAll(out: { write(p: Uint8Array): Promise<number> }, bytes: Uint8Array) {
+  let offset = 0;
+  while (offset < bytes.length) {
+    try {
+      offset += await out.write(bytes.subarray(offset));
+    } catch (error) {
+      if (error instanceof Deno.errors.WouldBlock) {
+        throw new Error("sync_tunnel: stdout is non-blocking: run rsync with --blocking-io");
+      }
+      throw error;
+    }
+  }
+}
+
+/** Reads the next chunk of stdin (`null` at its end), riding out a non-blocking descriptor. */
+async function readStdin(buffer: Uint8Array): Promise<Uint8Array | null> {
+  for (;;) {
+    try {
+      const n = await Deno.stdin.read(buffer);
+      return n === null ? null : buffer.slice(0, n);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.WouldBlock)) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+  }
 }
 
 /** Bytes in flight to the agent beyond its last acknowledgement, at most. */
@@ -105,7 +139,8 @@ class Window {
 
 /** Carries our stdin to the agent, within the window, then says when it ends. */
 async function pumpStdin(ws: WsClient, flow: Window): Promise<void> {
-  for await (const chunk of Deno.stdin.readable) {
+  const buffer = new Uint8Array(256 * 1024);
+  for (let chunk = await readStdin(buffer); chunk; chunk = await readStdin(buffer)) {
     await flow.reserve(chunk.length);
     await ws.send(chunk);
   }
