@@ -1,9 +1,12 @@
 // `deno task demo`: ops-exec end to end on this machine, with nothing to
 // configure. A capability set grants the demo's actions; a step streams its
 // output through a console sink; an ungranted action is refused before any
-// process starts; the host is observed.
+// process starts; the host is observed. Then the same through a real
+// ops-agent on loopback: its ceiling refuses what the caller would allow,
+// and a push goes through its rsync tunnel.
 
 import { CapabilityDenied, CapabilitySet, ConsoleSink, LocalExec, Step } from "../mod.ts";
+import { AgentRpc } from "../transports/rpc.ts";
 
 const caps = CapabilitySet.of("demo.*", "observe");
 await using exec = new LocalExec(caps, { host: "local" });
@@ -39,3 +42,92 @@ console.log(
       (facts.memory.totalBytes / 2 ** 30).toFixed(1)
     } GiB free, up ${(facts.uptimeSeconds / 3600).toFixed(1)} h`,
 );
+
+// --- the same, through ops-agent -----------------------------------------
+
+console.log("\n4. an ops-agent on loopback, in its sandbox (deno run -P=agent):");
+await Deno.mkdir("/tmp/ops-agent", { recursive: true });
+const dir = await Deno.makeTempDir({ dir: "/tmp/ops-agent", prefix: "demo-" });
+await Deno.writeTextFile(
+  `${dir}/config.toml`,
+  `[agent]
+listen = "127.0.0.1:0"
+audit_log = "${dir}/audit.jsonl"
+
+[identity]
+provider = "loopback"               # development only: every loopback peer is this identity
+loopback_identity = "user:dev@localhost"
+
+[ceiling]                           # the most anyone may do on this host
+allow = ["demo.*", "observe", "sync.push:${dir}/releases"]
+
+[[grant]]
+to = ["user:dev@localhost"]
+allow = ["demo.*", "observe", "sync.push:${dir}/releases", "release.*"]
+`,
+);
+const agent = new Deno.Command(Deno.execPath(), {
+  args: [
+    "run",
+    "--quiet",
+    "--no-prompt",
+    "-P=agent",
+    new URL("../agent/main.ts", import.meta.url).pathname,
+    "--config",
+    `${dir}/config.toml`,
+  ],
+  cwd: new URL("..", import.meta.url).pathname,
+  stdin: "null",
+  stdout: "piped",
+  stderr: "inherit",
+}).spawn();
+const url = await listeningUrl(agent.stdout);
+console.log(`   -> listening on ${url}`);
+try {
+  // The caller's own set allows more than the host does: the agent's ceiling decides.
+  await using remote = new AgentRpc({ url, host: "agent" }, CapabilitySet.of("*"));
+  console.log(
+    `   -> the agent grants this caller: ${
+      (await remote.remoteCapabilities()).toJSON().join(", ")
+    }`,
+  );
+  const viaAgent = await remote.runStreaming(
+    Step.exec("demo.hello", ["uname", "-sr"]),
+    new ConsoleSink({ host: remote.host }),
+  );
+  console.log(`   -> exit ${viaAgent.exitCode} through the agent`);
+  try {
+    await remote.runStreaming(Step.shell("release.publish", "echo never"), new ConsoleSink());
+  } catch (error) {
+    if (!(error instanceof CapabilityDenied)) throw error;
+    console.log(
+      `   -> refused (${error.scope}): granted to this caller but above the host's ceiling`,
+    );
+  }
+  const artifact = await Deno.makeTempDir();
+  await Deno.writeTextFile(`${artifact}/app.txt`, "release 1.0.0\n");
+  const sync = await remote.push(`${artifact}/`, `${dir}/releases/1.0.0/`);
+  console.log(`   -> pushed ${sync.filesTransferred} file with rsync through the agent's tunnel`);
+  await Deno.remove(artifact, { recursive: true });
+} finally {
+  agent.kill("SIGTERM");
+  await agent.status;
+}
+const audit = (await Deno.readTextFile(`${dir}/audit.jsonl`)).trim().split("\n");
+console.log(`   -> the agent wrote ${audit.length} audit lines, e.g.:\n      ${audit.at(-2)}`);
+await Deno.remove(dir, { recursive: true });
+
+/** Reads the agent's stdout until it says where it listens. */
+async function listeningUrl(stdout: ReadableStream<Uint8Array>): Promise<string> {
+  const decoder = new TextDecoder();
+  let text = "";
+  for await (const chunk of stdout) {
+    text += decoder.decode(chunk, { stream: true });
+    const match = / listening on (http:\/\/\S+)/.exec(text);
+    if (match) {
+      stdout.pipeTo(new WritableStream()).catch(() => {});
+      return match[1];
+    }
+  }
+  throw new Error(`the agent did not start:\n${text}`);
+}
