@@ -144,7 +144,7 @@ Deno.test("acceptance 5: unknown paths and methods get 404 with a JSON error", a
   assertEquals(health.ok, true);
   assertEquals(health.protocol, 1);
   const sync = await fetch(`${agent.url}/v1/sync`);
-  assertEquals(sync.status, 501, "sync arrives with its own issue");
-  await sync.body?.cancel();
+  assertEquals(sync.status, 400, "the sync tunnel wants a WebSocket upgrade");
+  assertEquals((await sync.json()).error.code, "malformed_request");
   await stillServes(agent);
 });
