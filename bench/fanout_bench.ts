@@ -27,7 +27,7 @@ import { CapabilitySet, type Executor, fanOut, type LogSink, Step } from "../mod
 import { runInTestNetwork, testNetworkPrerequisites } from "../tests/hosts/_controller.ts";
 import { Fleet } from "../tests/hosts/_fleet.ts";
 import { testNetwork } from "../tests/hosts/_testnet.ts";
-import { machine, median, ms, percentile } from "./_stats.ts";
+import { alternate, machine, median, ms, percentile } from "./_stats.ts";
 
 const HOSTS = ["canary", "prod", "mac", "plain"];
 
@@ -163,4 +163,17 @@ for (const [stepName, step, rounds] of steps) {
     );
   }
 }
+// fanOut's own cost: against a bare Promise.all of the same runs, alternating.
+const bare = await alternate({
+  fanOut: () => fanOut(transports.agent, steps[0][1], { sinkFor: () => quiet }),
+  promiseAll: () => Promise.all(transports.agent.map((e) => e.runStreaming(steps[0][1], quiet))),
+}, { runs, warmup });
+result.fanOutVsPromiseAll = {
+  fanOutMs: median(bare.fanOut),
+  promiseAllMs: median(bare.promiseAll),
+};
+console.log(
+  `fanOut vs a bare Promise.all of runStreaming (agent, empty step, ${runs} alternating rounds): ` +
+    `${ms(median(bare.fanOut))} vs ${ms(median(bare.promiseAll))}`,
+);
 console.log(JSON.stringify(result));
