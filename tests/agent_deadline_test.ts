@@ -13,7 +13,7 @@ import { groupMembers, HAS_PROC, waitFor } from "./_procs.ts";
 import { missing } from "./_prereq.ts";
 
 const caps = CapabilitySet.of("test.*");
-const SLACK_MS = 3_000;
+const SLACK_MS = 5_000;
 
 Deno.test("AgentRpc: a frozen agent fails a step with a timeout by its timeout, grace and margin", async () => {
   if (missing([HAS_PROC, "/proc (Linux) to inspect the agent's processes"])) return;

@@ -25,7 +25,7 @@ const FLEET = CapabilitySet.of("fleet.*", "observe");
 /** AgentRpc's default margin past a step's timeout and grace (transports/agent_rpc.ts). */
 const CLIENT_MARGIN_MS = 5_000;
 /** Slack for a loaded machine: the watchdog's tick, process start-up, scheduling. */
-const SLACK_MS = 3_000;
+const SLACK_MS = 5_000;
 
 /** Collecting sinks per host; `first(host, text)` resolves when that host prints `text`. */
 function watchedSinks() {
