@@ -69,18 +69,7 @@ export class LineGate {
       return undefined;
     }
     this.counts[stream]++;
-    if (result === undefined || result === null) return undefined;
-    const pending = Promise.resolve(result).then(
-      () => {
-        this.#busy = null;
-      },
-      (error) => {
-        this.#busy = null;
-        this.#fail(error);
-      },
-    );
-    this.#busy = pending;
-    return pending;
+    return this.#hold(result);
   }
 
   async #afterBusy(stream: LogLine["stream"], text: string): Promise<void> {
@@ -109,6 +98,11 @@ export class LineGate {
       this.#seq += count;
     }
     this.counts[stream] += count;
+    return this.#hold(result);
+  }
+
+  /** A sink's returned promise holds the gate until it settles; nothing to hold otherwise. */
+  #hold(result: void | Promise<void>): Promise<void> | undefined {
     if (result === undefined || result === null) return undefined;
     const pending = Promise.resolve(result).then(
       () => {

@@ -1,6 +1,8 @@
 // The one rsync argv builder and runner. Every transport's push/pull goes
 // through here; they differ only in the remote shell (`-e`) and the path form.
 
+import type { CapabilitySet } from "../capability/capability_set.ts";
+import { assertAllowed } from "../capability/guard.ts";
 import { normalizeRoot } from "../capability/path.ts";
 import { ConfigError, StepError, TransportError } from "../executor/errors.ts";
 import { baseEnvironment } from "../executor/_env.ts";
@@ -58,6 +60,25 @@ export function checkRemotePath(path: string, field = "remotePath"): string {
   if (path.includes("\0")) throw new StepError(field, "contains a NUL byte");
   const normal = normalizeRoot(path);
   return path.endsWith("/") && normal !== "/" ? `${normal}/` : normal;
+}
+
+/**
+ * The caller-side gate of every push/pull: the remote path checked and
+ * normalised, then `action` checked on it against `caps`.
+ *
+ * @returns The normalised remote path, to hand to rsync.
+ * @throws {StepError} When the path is not absolute or holds a NUL byte.
+ * @throws {CapabilityDenied} When `caps` does not allow `action` on it.
+ */
+export function gateSync(
+  caps: CapabilitySet,
+  action: "sync.push" | "sync.pull",
+  remotePath: string,
+  host: string,
+): string {
+  const target = checkRemotePath(remotePath);
+  assertAllowed(caps, action, { host, path: target });
+  return target;
 }
 
 /**

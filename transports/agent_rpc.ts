@@ -29,7 +29,7 @@ import {
   type RunEvent,
   type SyncRefusal,
 } from "./_agent_protocol.ts";
-import { checkRemotePath, rsyncRemoteShell, runRsync } from "./_rsync.ts";
+import { gateSync, rsyncRemoteShell, runRsync } from "./_rsync.ts";
 
 /** Where the agent is, and how to reach it. */
 export interface AgentRpcOptions {
@@ -401,8 +401,7 @@ export class AgentRpc implements Executor {
     remotePath: string,
     opts: SyncOpts,
   ): Promise<SyncResult> {
-    const target = checkRemotePath(remotePath);
-    assertAllowed(this.#caps, action, { host: this.host, path: target });
+    const target = gateSync(this.#caps, action, remotePath, this.host);
     try {
       return await runRsync({
         host: this.host,

@@ -13,7 +13,7 @@ import type {
   SyncResult,
 } from "../executor/types.ts";
 import type { Step } from "../step/step.ts";
-import { checkRemotePath, runRsync } from "./_rsync.ts";
+import { gateSync, runRsync } from "./_rsync.ts";
 
 /** Options of {@linkcode LocalExec}. */
 export interface LocalExecOptions {
@@ -123,8 +123,7 @@ export class LocalExec implements Executor {
     remotePath: string,
     opts: SyncOpts,
   ): Promise<SyncResult> {
-    const target = checkRemotePath(remotePath);
-    assertAllowed(this.#caps, action, { host: this.host, path: target });
+    const target = gateSync(this.#caps, action, remotePath, this.host);
     return await runRsync({ host: this.host, action, localPath, remotePath: target }, opts);
   }
 }

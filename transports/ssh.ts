@@ -14,7 +14,7 @@ import type {
   SyncResult,
 } from "../executor/types.ts";
 import type { Step } from "../step/step.ts";
-import { checkRemotePath, rsyncRemoteShell, runRsync } from "./_rsync.ts";
+import { gateSync, rsyncRemoteShell, runRsync } from "./_rsync.ts";
 import {
   checkSshOptions,
   checkWord,
@@ -493,8 +493,7 @@ export class SshExec implements Executor {
     remotePath: string,
     opts: SyncOpts,
   ): Promise<SyncResult> {
-    const target = checkRemotePath(remotePath);
-    assertAllowed(this.#caps, action, { host: this.host, path: target });
+    const target = gateSync(this.#caps, action, remotePath, this.host);
     opts.signal?.throwIfAborted();
     this.#active++;
     try {
