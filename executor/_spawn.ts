@@ -66,6 +66,13 @@ export interface ProcessSpec {
    * transport strips its remote wrapper's status trailer here.
    */
   stderrTransform?: TransformStream<Uint8Array, Uint8Array>;
+  /**
+   * Called with the child as soon as it is spawned. The ssh transport's
+   * long-lived session uses it to learn at once when its ssh client exits
+   * (a killed multiplexed client leaves its pipes open) and to `ref()` /
+   * `unref()` the process while it is busy or idle.
+   */
+  onSpawn?: (child: Deno.ChildProcess) => void;
 }
 
 /** Writes to a running child's stdin (see {@linkcode ProcessSpec.terminate}). */
@@ -133,6 +140,7 @@ export async function runProcess(
     return await spawnFailure(spec, gate, error, started);
   }
 
+  spec.onSpawn?.(child);
   const pgid = child.pid;
   let timedOut = false;
   let cancelled = false;
