@@ -1,12 +1,14 @@
 // SshExec benchmarks (issue 3), against a private sshd this script starts
 // (tests/_sshd.ts) on a loopback port.
 //
-// 1. Per-step overhead: SshExec running `true` against raw multiplexed
-//    `ssh -S <ctl> host true` over the same kind of master, and against a
-//    cold `ssh host true` (a new connection per step); N sequential steps
-//    each, in alternation, medians. Reference points: raw `ssh -S` running
-//    `/bin/true` and `setsid /bin/true` (the least a wrapper must do to give
-//    a step its own process group), and SshExec with the sh supervisor.
+// 1. Per-step overhead: SshExec running `true` (its default: every step a
+//    request on one long-lived session with the perl supervisor) against
+//    raw multiplexed `ssh -S <ctl> host true` over the same kind of master,
+//    and against a cold `ssh host true` (a new connection per step); N
+//    sequential steps each, in alternation, medians. Reference points: raw
+//    `ssh -S` running `/bin/true` and `setsid /bin/true`, and SshExec with an
+//    ssh session per step (the perl supervisor with `sessionPerStep`, and
+//    the sh supervisor).
 // 2. 1 GiB over stdout: SshExec running `head -c 1073741824 /dev/zero` into a
 //    counting sink, against raw `ssh -S <ctl> host 'head -c 1073741824
 //    /dev/zero'` with stdout to /dev/null. Medians of R runs, alternating.
@@ -45,6 +47,10 @@ const target = {
   knownHostsFile: sshd.knownHosts,
 };
 await using viaPerl = new SshExec({ ...target, remoteSupervisor: "auto" }, caps);
+await using viaPerlPerStep = new SshExec(
+  { ...target, remoteSupervisor: "auto", sessionPerStep: true },
+  caps,
+);
 await using viaSh = new SshExec({ ...target, remoteSupervisor: "sh" }, caps);
 
 // The raw baseline's own master, set up the way SshExec sets up its own.
@@ -94,6 +100,7 @@ async function overhead() {
     rawMux: async () => check(await raw("true")),
     rawMuxBinTrue: async () => check(await raw("/bin/true")),
     rawMuxSetsid: async () => check(await raw("setsid /bin/true")),
+    sshExecPerStep: async () => check(await viaPerlPerStep.runStreaming(step, sink)),
     sshExecSh: async () => check(await viaSh.runStreaming(step, sink)),
     cold: async () =>
       check(
@@ -168,13 +175,14 @@ try {
   );
   const o = await overhead();
   console.log(`\nper-step, ${runs} sequential steps each, alternating, medians:`);
-  for (const [name, value] of Object.entries(o)) console.log(`  ${name.padEnd(14)} ${ms(value)}`);
+  for (const [name, value] of Object.entries(o)) console.log(`  ${name.padEnd(15)} ${ms(value)}`);
   console.log(
     `  SshExec / raw mux ssh true:        ${(o.sshExec / o.rawMux).toFixed(3)} (target <= 1.15)`,
   );
   console.log(
     `  cold ssh / SshExec:                ${(o.cold / o.sshExec).toFixed(1)}x (target >= 10)`,
   );
+  console.log(`  SshExec(per-step perl) / raw:      ${(o.sshExecPerStep / o.rawMux).toFixed(3)}`);
   console.log(`  SshExec(sh) / raw mux ssh true:    ${(o.sshExecSh / o.rawMux).toFixed(3)}`);
   console.log(`  raw setsid /bin/true / raw true:   ${(o.rawMuxSetsid / o.rawMux).toFixed(3)}`);
   const t = await throughput();

@@ -64,6 +64,19 @@ function sshTest(
   Deno.test({ name, ignore: reason !== undefined, fn });
 }
 
+/**
+ * How the host side runs steps: the default (one long-lived session with the
+ * perl supervisor, each step a request on it), a perl supervisor in an ssh
+ * session per step, and the POSIX sh supervisor (always a session per step).
+ */
+const MODES = {
+  session: {},
+  "per-step perl": { sessionPerStep: true },
+  sh: { remoteSupervisor: "sh" },
+} as const satisfies Record<string, Partial<SshExecOptions>>;
+type Mode = keyof typeof MODES;
+const ALL_MODES = Object.keys(MODES) as Mode[];
+
 /** One SshExec shared by the tests that need no fresh master. */
 const shared = sshd ? new SshExec(target(), CAPS) : null;
 
@@ -91,7 +104,10 @@ function survivors(token: string): number[] {
   return pidsWithCommandLine(token).filter((pid) => pid !== Deno.pid);
 }
 
-/** The local ssh clients this process started for steps (they carry the wrapper's magic). */
+/**
+ * The local ssh clients this process started to run steps: per-step clients
+ * and long-lived sessions (both carry a supervisor's magic, OPSX1 or OPSX2).
+ */
 function localStepClients(): number[] {
   const pids: number[] = [];
   for (const entry of Deno.readDirSync("/proc")) {
@@ -100,7 +116,7 @@ function localStepClients(): number[] {
       const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
       const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
       const cmdline = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`);
-      if (ppid === Deno.pid && cmdline.includes("ssh\0") && cmdline.includes("OPSX1")) {
+      if (ppid === Deno.pid && cmdline.includes("ssh\0") && cmdline.includes("OPSX")) {
         pids.push(Number(entry.name));
       }
     } catch {
@@ -177,12 +193,12 @@ function hex(bytes: Uint8Array): string {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-for (const supervisor of ["auto", "sh"] as const) {
+for (const mode of ALL_MODES) {
   sshTest(
-    `1. argv, env, cwd and stdin arrive byte-exact; nothing generated runs as shell (${supervisor} supervisor)`,
+    `1. argv, env, cwd and stdin arrive byte-exact; nothing generated runs as shell (${mode})`,
     async () => {
-      const bait = `${remoteDir}/bait-${supervisor}`;
-      await using exec = new SshExec(target({ remoteSupervisor: supervisor }), CAPS);
+      const bait = `${remoteDir}/bait-${mode.replace(" ", "-")}`;
+      await using exec = new SshExec(target(MODES[mode]), CAPS);
       await fc.assert(
         fc.asyncProperty(
           fc.array(nasty(bait), { maxLength: 6 }),
@@ -225,7 +241,7 @@ for (const supervisor of ["auto", "sh"] as const) {
             assertEquals(odPart.replace(/\s+/g, ""), hex(stdin));
           },
         ),
-        { numRuns: supervisor === "auto" ? 60 : 25 },
+        { numRuns: mode === "session" ? 60 : 25 },
       );
       assertFalse(await exists(bait), "a generated string ran as shell");
     },
@@ -282,13 +298,14 @@ sshTest(
 
     // Against the live sshd: a fresh executor's denied step opens no connection.
     const before = await sshd!.authenticatedConnections();
+    const clients = localStepClients();
     const live = new SshExec(target(), CapabilitySet.of("bento.build"));
     await assertRejects(
       () => live.runStreaming(Step.shell("bento.sign", "true"), new CollectingSink()),
       CapabilityDenied,
     );
     assertEquals(await sshd!.authenticatedConnections(), before);
-    assertEquals(localStepClients(), []);
+    assertEquals(localStepClients(), clients);
     await live.close();
   },
 );
@@ -297,11 +314,11 @@ sshTest(
 
 const TREE = (token: string) => `trap '' TERM; sleep ${token} & sleep ${token}; wait`;
 
-for (const supervisor of ["auto", "sh"] as const) {
+for (const mode of ALL_MODES) {
   sshTest(
-    `3. a timeout kills the remote step's whole group within grace + 2 s (${supervisor})`,
+    `3. a timeout kills the remote step's whole group within grace + 2 s (${mode})`,
     async () => {
-      await using exec = new SshExec(target({ remoteSupervisor: supervisor }), CAPS);
+      await using exec = new SshExec(target(MODES[mode]), CAPS);
       const token = marker();
       const started = performance.now();
       const { out } = await run(
@@ -317,9 +334,9 @@ for (const supervisor of ["auto", "sh"] as const) {
   );
 
   sshTest(
-    `3. an AbortSignal cancel kills the remote step's whole group (${supervisor})`,
+    `3. an AbortSignal cancel kills the remote step's whole group (${mode})`,
     async () => {
-      await using exec = new SshExec(target({ remoteSupervisor: supervisor }), CAPS);
+      await using exec = new SshExec(target(MODES[mode]), CAPS);
       const token = marker();
       const controller = new AbortController();
       const running = run(
@@ -341,14 +358,16 @@ for (const supervisor of ["auto", "sh"] as const) {
   );
 
   sshTest(
-    `3. killing the local ssh client (a dropped connection) kills the remote group (${supervisor})`,
+    `3. killing the local ssh client (a dropped connection) kills the remote group (${mode})`,
     async () => {
-      await using exec = new SshExec(target({ remoteSupervisor: supervisor }), CAPS);
+      await using exec = new SshExec(target(MODES[mode]), CAPS);
       const token = marker();
+      const others = localStepClients();
       const running = run(Step.shell("test.tree", TREE(token), { killGraceMs: 1000 }), exec);
       running.catch(() => {});
       assert(await waitFor(() => survivors(token).length >= 2, 5000), "the tree never started");
-      const clients = localStepClients();
+      // The step's own client, or the session it runs on.
+      const clients = localStepClients().filter((pid) => !others.includes(pid));
       assertEquals(clients.length, 1);
       Deno.kill(clients[0], "SIGKILL");
       const error = await assertRejects(() => running, TransportError);
@@ -413,6 +432,149 @@ sshTest(
   },
 );
 
+// ---- the long-lived session: per-step flow control, its death, its idle end --------
+
+sshTest(
+  "session: a stalled sink holds back its own step only; a concurrent step on the same session finishes",
+  async () => {
+    await using exec = new SshExec(target(), CAPS);
+    const sessions = await sshd!.sessions();
+    const counter = `${remoteDir}/count-${marker()}`;
+    // 30 000 lines of 100 bytes (3 MB, more than the 2 MiB window), recording after each how many.
+    const producer =
+      `i=0; while [ $i -lt 30000 ]; do printf '%099d\\n' $i; i=$((i+1)); echo $i >> ${counter}; done`;
+    let release!: () => void;
+    const stall = new Promise<void>((resolve) => (release = resolve));
+    let received = 0;
+    const stalled: LogSink = {
+      write() {
+        if (++received === 1) return stall;
+      },
+    };
+    const slow = exec.runStreaming(Step.shell("test.pressure", producer), stalled);
+    slow.catch(() => {});
+    assert(await waitFor(() => received === 1, 10_000), "the first line never came");
+    // Meanwhile another step on the same session prints 8 MiB and ends.
+    let other = 0;
+    const fast = await exec.runStreaming(
+      Step.exec("test.fast", ["head", "-c", "8388608", "/dev/zero"]),
+      {
+        write(line: LogLine) {
+          other += line.text.length;
+        },
+      },
+    );
+    assertEquals([fast.exitCode, other], [0, 8 << 20]);
+    // Appended, not rewritten: dash truncates a `>` target before it flushes the
+    // printf still in its buffer into the full pipe, which would read as 0.
+    const readCount = async () =>
+      (await Deno.readTextFile(counter).catch(() => "")).split("\n").filter(Boolean).length;
+    const stalledAt = await settled(readCount, 10_000);
+    await new Promise((r) => setTimeout(r, 700));
+    assertEquals(await readCount(), stalledAt, "the producer advanced while its sink was stalled");
+    // The 2 MiB window filled (the step ran ahead of its sink that far), and no further than
+    // the window, the step's pipe and a read chunk: about 23 000 lines of 100 bytes.
+    assertGreater(stalledAt, (2 * 1024 * 1024) / 100 - 100, `wrote ${stalledAt} lines`);
+    assertLess(stalledAt, (2 * 1024 * 1024 + 3 * 65536) / 100 + 100, `wrote ${stalledAt} lines`);
+    assertEquals(received, 1);
+    release();
+    const out = await slow;
+    assertEquals([out.exitCode, received], [0, 30000]);
+    // Both steps rode one session: the connect probe and the session are all sshd saw.
+    assertEquals(await sshd!.sessions(), sessions + 2);
+    await Deno.remove(counter).catch(() => {});
+  },
+);
+
+sshTest(
+  "session: killed mid-step, its running steps fail with connection_lost and their groups die; the next step opens a new session",
+  async () => {
+    await using exec = new SshExec(target(), CAPS);
+    const others = localStepClients();
+    await run(Step.exec("test.warm", ["true"]), exec);
+    const mine = localStepClients().filter((pid) => !others.includes(pid));
+    assertEquals(mine.length, 1, "one session client");
+    const connections = await sshd!.authenticatedConnections();
+    const sessions = await sshd!.sessions();
+    const tokens = [marker(), marker()];
+    const running = tokens.map((token) =>
+      run(Step.shell("test.tree", TREE(token), { killGraceMs: 1000 }), exec)
+    );
+    running.forEach((r) => r.catch(() => {}));
+    assert(
+      await waitFor(() => tokens.every((token) => survivors(token).length >= 2), 5000),
+      "the trees never started",
+    );
+    const killed = performance.now();
+    Deno.kill(mine[0], "SIGKILL");
+    for (const r of running) {
+      const error = await assertRejects(() => r, TransportError);
+      assertEquals(error.kind, "connection_lost", error.message);
+    }
+    // Promptly (a bound on a hang, not a speed): ssh gone, no wait on the master's pipes.
+    assertLess(performance.now() - killed, 5000);
+    for (const token of tokens) {
+      assert(
+        await waitFor(() => survivors(token).length === 0, 1000 + 2000),
+        `left: ${survivors(token)}`,
+      );
+    }
+    const next = await run(Step.exec("test.after", ["echo", "after"]), exec);
+    assertEquals([next.out.exitCode, next.stdout], [0, "after"]);
+    assertEquals(await sshd!.authenticatedConnections(), connections, "the master survived");
+    assertEquals(await sshd!.sessions(), sessions + 1, "one new session");
+  },
+);
+
+sshTest(
+  "session: the connection dropped on the host's side mid-step: connection_lost, the group dies, the next step opens a new master",
+  async () => {
+    await using exec = new SshExec(target(), CAPS);
+    const before = childrenOf(sshd!.pid);
+    await run(Step.exec("test.warm", ["true"]), exec);
+    // sshd's per-connection process (and what it forked): this executor's connection.
+    const connection = childrenOf(sshd!.pid).filter((pid) => !before.includes(pid));
+    assertEquals(connection.length, 1, "one new connection");
+    const connections = await sshd!.authenticatedConnections();
+    const token = marker();
+    const running = run(Step.shell("test.tree", TREE(token), { killGraceMs: 1000 }), exec);
+    running.catch(() => {});
+    assert(await waitFor(() => survivors(token).length >= 2, 5000), "the tree never started");
+    // sshd's processes of the connection go (not the supervisor and the step they started).
+    const sshdProcesses = [connection[0], ...descendantsOf(connection[0])].filter((pid) =>
+      commandName(pid) === "sshd"
+    );
+    assertGreater(sshdProcesses.length, 1, "sshd's monitor and its session process");
+    for (const pid of sshdProcesses) Deno.kill(pid, "SIGKILL");
+    const error = await assertRejects(() => running, TransportError);
+    assertEquals(error.kind, "connection_lost", error.message);
+    assert(
+      await waitFor(() => survivors(token).length === 0, 1000 + 2000),
+      `left: ${survivors(token)}`,
+    );
+    const next = await run(Step.exec("test.after", ["echo", "after"]), exec);
+    assertEquals([next.out.exitCode, next.stdout], [0, "after"]);
+    assertEquals(await sshd!.authenticatedConnections(), connections + 1, "a new master");
+  },
+);
+
+sshTest(
+  "session: idle for persistSeconds, it closes (the master's own clock then runs); the next step opens a new one",
+  async () => {
+    await using exec = new SshExec(target({ persistSeconds: 1 }), CAPS);
+    const others = localStepClients();
+    await run(Step.exec("test.one", ["true"]), exec);
+    const mine = localStepClients().filter((pid) => !others.includes(pid));
+    assertEquals(mine.length, 1);
+    assert(
+      await waitFor(() => !localStepClients().includes(mine[0]), 4000),
+      "the idle session stayed open",
+    );
+    const next = await run(Step.exec("test.two", ["echo", "two"]), exec);
+    assertEquals([next.out.exitCode, next.stdout], [0, "two"]);
+  },
+);
+
 // ---- 4. streams, order, exit codes, signals --------------------------------
 
 sshTest("4. stdout and stderr stay separate, ordered by one seq", async () => {
@@ -427,11 +589,11 @@ sshTest("4. stdout and stderr stay separate, ordered by one seq", async () => {
   assertEquals(out.lines, { stdout: 5, stderr: 5 });
 });
 
-for (const supervisor of ["auto", "sh"] as const) {
+for (const mode of ALL_MODES) {
   sshTest(
-    `4. remote exit codes and signal deaths are reported faithfully (${supervisor})`,
+    `4. remote exit codes and signal deaths are reported faithfully (${mode})`,
     async () => {
-      await using exec = new SshExec(target({ remoteSupervisor: supervisor }), CAPS);
+      await using exec = new SshExec(target(MODES[mode]), CAPS);
       for (const code of [0, 1, 42, 127, 255]) {
         const { out } = await run(Step.shell("test.exit", `exit ${code}`), exec);
         assertEquals([out.exitCode, out.signal, out.success], [code, null, code === 0]);
@@ -442,7 +604,7 @@ for (const supervisor of ["auto", "sh"] as const) {
       }
       const last = await run(Step.shell("test.tail", "printf 'no newline' >&2; exit 3"), exec);
       assertEquals([last.out.exitCode, last.stderr], [3, "no newline"]);
-      if (supervisor === "auto") {
+      if (mode !== "sh") {
         // perl tells an exit status above 128 from a death by signal.
         const high = await run(Step.shell("test.exit", "exit 143"), exec);
         assertEquals([high.out.exitCode, high.out.signal], [143, null]);
@@ -517,28 +679,31 @@ sshTest("5. a step's own exit 255 is a result, not an ssh failure", async () => 
 
 // ---- 6. one master -----------------------------------------------------------
 
-sshTest(
-  "6. 20 sequential steps open exactly one ssh master (one authenticated connection)",
-  async () => {
-    const connections = await sshd!.authenticatedConnections();
-    const sessions = await sshd!.sessions();
-    const masters = muxMasters();
-    const exec = new SshExec(target(), CAPS);
-    for (let i = 0; i < 20; i++) {
-      const { out, stdout } = await run(Step.exec("test.seq", ["echo", String(i)]), exec);
-      assertEquals([out.exitCode, stdout], [0, String(i)]);
-    }
-    assertEquals(await sshd!.authenticatedConnections(), connections + 1);
-    assertEquals(await sshd!.sessions(), sessions + 21); // the connect probe + 20 steps
-    const mine = muxMasters().filter((pid) => !masters.includes(pid));
-    assertEquals(mine.length, 1, "exactly one new master process");
-    await exec.close();
-    assert(
-      await waitFor(() => muxMasters().every((pid) => pid !== mine[0]), 3000),
-      "close() ends the master",
-    );
-  },
-);
+for (const mode of ["session", "per-step perl"] as const) {
+  sshTest(
+    `6. 20 sequential steps open exactly one ssh master (one authenticated connection) (${mode})`,
+    async () => {
+      const connections = await sshd!.authenticatedConnections();
+      const sessions = await sshd!.sessions();
+      const masters = muxMasters();
+      const exec = new SshExec(target(MODES[mode]), CAPS);
+      for (let i = 0; i < 20; i++) {
+        const { out, stdout } = await run(Step.exec("test.seq", ["echo", String(i)]), exec);
+        assertEquals([out.exitCode, stdout], [0, String(i)]);
+      }
+      assertEquals(await sshd!.authenticatedConnections(), connections + 1);
+      // The connect probe, then one long-lived session for every step, or one session per step.
+      assertEquals(await sshd!.sessions(), sessions + (mode === "session" ? 2 : 21));
+      const mine = muxMasters().filter((pid) => !masters.includes(pid));
+      assertEquals(mine.length, 1, "exactly one new master process");
+      await exec.close();
+      assert(
+        await waitFor(() => muxMasters().every((pid) => pid !== mine[0]), 3000),
+        "close() ends the master",
+      );
+    },
+  );
+}
 
 sshTest("6. concurrent steps share the one master", async () => {
   const connections = await sshd!.authenticatedConnections();
@@ -707,6 +872,50 @@ function muxMasters(): number[] {
       return false;
     }
   });
+}
+
+/** Live children of `pid`. */
+function childrenOf(pid: number): number[] {
+  const found: number[] = [];
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
+      const [state, ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(ppid) === pid && state !== "Z") found.push(Number(entry.name));
+    } catch {
+      // Gone while we looked.
+    }
+  }
+  return found;
+}
+
+/** Reads `value` every 500 ms until it stops changing (or `ms` pass); returns it. */
+async function settled(value: () => Promise<number>, ms: number): Promise<number> {
+  const end = Date.now() + ms;
+  let last = await value();
+  while (Date.now() < end) {
+    await new Promise((r) => setTimeout(r, 500));
+    const now = await value();
+    if (now === last) return now;
+    last = now;
+  }
+  return last;
+}
+
+/** The command name of `pid` (`comm`), or "" when it is gone. */
+function commandName(pid: number): string {
+  try {
+    return Deno.readTextFileSync(`/proc/${pid}/comm`).trim();
+  } catch {
+    return "";
+  }
+}
+
+/** Every live descendant of `pid`. */
+function descendantsOf(pid: number): number[] {
+  const children = childrenOf(pid);
+  return [...children, ...children.flatMap(descendantsOf)];
 }
 
 function controlDirOf(pid: number): string {

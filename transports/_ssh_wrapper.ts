@@ -291,7 +291,8 @@ export class TrailerStripper {
   }
 }
 
-function parseStatus(text: string): StepStatus | null {
+/** Reads a status (`x:<code>` or `s:<SIGNAME>`) as the supervisors write it; `null` when it is not one. */
+export function parseStatus(text: string): StepStatus | null {
   const exit = /^x:(\d{1,3})$/.exec(text);
   if (exit) return { exitCode: Number(exit[1]), signal: null };
   const signal = /^s:(SIG[A-Z0-9+-]+|SIG\d+)$/.exec(text);

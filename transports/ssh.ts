@@ -24,6 +24,8 @@ import {
   type SshTarget,
 } from "./_ssh_args.ts";
 import { parseProbe, probeArgv } from "./_ssh_observe.ts";
+import { type SessionEnd, type SessionRun, SshSession } from "./_ssh_session.ts";
+import { sessionCommand } from "./_ssh_supervisor.ts";
 import {
   encodeFrame,
   KILL_REQUEST,
@@ -65,6 +67,14 @@ export interface SshExecOptions {
    * where the remote account finds it, else sh).
    */
   remoteSupervisor?: RemoteSupervisor;
+  /**
+   * With the perl supervisor, steps share one long-lived ssh session (the
+   * default, `false`): a step is a request on it, not a new session. `true`
+   * opens one ssh session per step instead (a per-step supervisor, as the
+   * sh supervisor always does): slower, kept for comparison and for hosts
+   * where a long-lived session is not wanted.
+   */
+  sessionPerStep?: boolean;
 }
 
 /** The default of {@linkcode SshExecOptions.persistSeconds}. */
@@ -84,11 +94,13 @@ const OBSERVE_TIMEOUT_MS = 30_000;
  * One ssh master per SshExec is opened on first use and multiplexes every
  * step, `observe()` and rsync transfer (`ControlMaster=auto`, a private
  * 0700 `ControlPath`, `ControlPersist=persistSeconds`); `close()` ends it.
- * On the host, each step runs under a small POSIX wrapper in its own process
- * group, with exactly the stated base environment plus `step.env`, no tty
- * (stdout and stderr stay apart); a timeout, a cancel or a dropped
- * connection kills the whole group. Quoting assumes a POSIX login shell on
- * the remote account (sh, bash, dash, ksh, zsh). See docs/ssh.md.
+ * Over the master, one long-lived ssh session runs a small perl supervisor
+ * on the host, and each step is a request on it (hosts without perl get an
+ * ssh session and a POSIX sh supervisor per step). Either way a step runs in
+ * its own process group, with exactly the stated base environment plus
+ * `step.env`, no tty (stdout and stderr stay apart); a timeout, a cancel or
+ * a dropped connection kills the whole group. Quoting assumes a POSIX login
+ * shell on the remote account (sh, bash, dash, ksh, zsh). See docs/ssh.md.
  *
  * @example
  * ```ts
@@ -112,9 +124,11 @@ export class SshExec implements Executor {
   readonly #target: SshTarget;
   readonly #program: string;
   readonly #supervisor: RemoteSupervisor;
+  readonly #sessionPerStep: boolean;
   #resolved: "perl" | "sh" = "sh";
   #controlDir: string | null = null;
   #master: Promise<void> | null = null;
+  #session: SshSession | null = null;
   #lastUse = 0;
   #active = 0;
 
@@ -156,7 +170,11 @@ export class SshExec implements Executor {
       persistSeconds: persist,
     };
     this.#program = checkWord("sshProgram", opts.sshProgram) ?? defaultSshProgram();
+    if (opts.sessionPerStep !== undefined && typeof opts.sessionPerStep !== "boolean") {
+      throw new ConfigError("sessionPerStep", `must be true or false, got ${opts.sessionPerStep}`);
+    }
     this.#supervisor = supervisor;
+    this.#sessionPerStep = opts.sessionPerStep ?? false;
     this.host = this.#target.host;
     this.#caps = caps;
   }
@@ -269,10 +287,14 @@ export class SshExec implements Executor {
   }
 
   /**
-   * Ends the ssh master (`ssh -O exit`) and removes its private directory.
+   * Ends the steps' session and the ssh master (`ssh -O exit`) and removes
+   * its private directory. Steps still running are killed on the host.
    * Idempotent; a later call opens a new master.
    */
   async close(): Promise<void> {
+    const session = this.#session;
+    this.#session = null;
+    await session?.close();
     const dir = this.#controlDir;
     if (dir === null) return;
     this.#controlDir = null;
@@ -388,16 +410,102 @@ export class SshExec implements Executor {
 
   // ---- one run --------------------------------------------------------------
 
-  async #runRemote(
+  #runRemote(
     action: string,
-    run: {
-      argv: readonly string[];
-      env: Readonly<Record<string, string>>;
-      cwd?: string;
-      stdin?: Uint8Array;
-      timeoutMs?: number;
-      killGraceMs: number;
-    },
+    run: SessionRun,
+    sink: LogSink,
+    signal?: AbortSignal,
+  ): Promise<RunOutput> {
+    return this.#resolved === "perl" && !this.#sessionPerStep
+      ? this.#runInSession(action, run, sink, signal)
+      : this.#runOwnSession(action, run, sink, signal);
+  }
+
+  /** A step as a request on the executor's long-lived session (perl supervisor). */
+  async #runInSession(
+    action: string,
+    run: SessionRun,
+    sink: LogSink,
+    signal?: AbortSignal,
+  ): Promise<RunOutput> {
+    const result = await this.#liveSession().run(run, sink, signal);
+    return {
+      host: this.host,
+      action,
+      exitCode: result.status?.exitCode ?? null,
+      signal: result.status?.signal ?? null,
+      success: result.status?.exitCode === 0 && !result.timedOut && !result.cancelled,
+      timedOut: result.timedOut,
+      cancelled: result.cancelled,
+      durationMs: result.durationMs,
+      lines: result.lines,
+    };
+  }
+
+  /** The session steps are sent on: the open one, or a new one over the master. */
+  #liveSession(): SshSession {
+    if (this.#session?.usable) return this.#session;
+    if (this.#controlDir === null) {
+      throw new TransportError("connection_lost", this.host, "the executor was closed");
+    }
+    this.#session = new SshSession({
+      argv: [this.#program, ...this.#sshArgs(), "--", this.host, sessionCommand()],
+      env: this.#sshEnvironment(),
+      // An idle session lets the master's own ControlPersist clock run.
+      idleMs: this.#target.persistSeconds * 1000,
+      lost: (end) => this.#sessionLost(end),
+    });
+    return this.#session;
+  }
+
+  /** The error a step fails with when its session ended before the step's status came. */
+  async #sessionLost(end: SessionEnd): Promise<Error> {
+    const detail = end.stderr;
+    if (end.closed) {
+      return new TransportError(
+        "connection_lost",
+        this.host,
+        "the executor was closed while the step ran; the remote supervisor kills its process group",
+        { detail },
+      );
+    }
+    if (!end.started && end.reason === null && end.exitCode !== 255 && end.signal === null) {
+      return new TransportError(
+        "protocol",
+        this.host,
+        `the remote supervisor did not start (exit ${end.exitCode}); it needs perl on the ` +
+          `remote account's PATH (remoteSupervisor: "sh" does without)${
+            detail ? `: ${detail}` : ""
+          }`,
+        { detail },
+      );
+    }
+    const masterUp = (await this.#control("check")) === 0;
+    if (!masterUp) this.#master = null;
+    // Before the supervisor said hello, ssh's own words say what failed (this
+    // session may have had to open a new master); after it, the connection was lost.
+    if (!end.started) {
+      const error = sshFailure(this.#target, detail, "step");
+      if (!(error instanceof TransportError) || error.kind !== "connection_lost") return error;
+    }
+    const how = end.reason ??
+      (end.signal ? `ssh killed by ${end.signal}` : `ssh exit ${end.exitCode}`);
+    return new TransportError(
+      "connection_lost",
+      this.host,
+      `the ssh session ended (${how}) before the step reported its status; the master is ${
+        masterUp ? "still up" : "gone"
+      }. The remote supervisor kills the process groups of its steps when its connection closes.${
+        detail ? ` ssh said: ${detail.split("\n").slice(-2).join(" / ")}` : ""
+      }`,
+      { detail },
+    );
+  }
+
+  /** A step in an ssh session of its own (the per-step perl or sh supervisor). */
+  async #runOwnSession(
+    action: string,
+    run: SessionRun,
     sink: LogSink,
     signal?: AbortSignal,
   ): Promise<RunOutput> {
