@@ -62,6 +62,8 @@ export interface SessionEnd {
   stderr: string;
   /** Why we ended it ourselves (closed, a kill request unanswered, ...), else `null`. */
   reason: string | null;
+  /** The supervisor broke the framing (the reason says how). */
+  protocolError: boolean;
   /** `close()` ended it. */
   closed: boolean;
 }
@@ -354,6 +356,7 @@ export class SshSession {
   #usable = true;
   #closed = false;
   #reason: string | null = null;
+  #protocolError = false;
   #lost: Promise<Error> | null = null;
   #idleTimer: Timer | undefined;
   #helloTimer: Timer | undefined;
@@ -522,6 +525,7 @@ export class SshSession {
     try {
       this.#reader.push(chunk);
     } catch (error) {
+      if (this.#reason === null) this.#protocolError = true;
       this.#abandon(error instanceof Error ? error.message : String(error));
     }
   }
@@ -624,6 +628,7 @@ export class SshSession {
         started: this.#started,
         stderr: [...this.#stderr, ...(junk ? [junk] : [])].join("\n").trim(),
         reason: this.#reason,
+        protocolError: this.#protocolError,
         closed: this.#closed,
       });
       this.#lost.catch(() => {});

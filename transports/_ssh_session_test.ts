@@ -457,3 +457,22 @@ perlTest("an idle session closes itself; it keeps no process behind", async () =
   assert(await waitFor(() => !session.usable, 3000), "the idle session stayed open");
   await session.done;
 });
+
+Deno.test("a host that sends beyond a step's window ends the session: a protocol error, memory stays bounded", async () => {
+  // A broken "supervisor": it says hello, then pushes 100 bytes of step 1's stdout
+  // against a window of 16.
+  const octal = (bytes: number[]) =>
+    bytes.map((b) => `\\${b.toString(8).padStart(3, "0")}`).join("");
+  const flood = [...frame("O", 1, new Uint8Array(100).fill(0x61))];
+  const session = new SshSession({
+    argv: ["/bin/sh", "-c", `printf '${octal(HELLO)}${octal(flood)}'; exec cat >/dev/null`],
+    env: { PATH: "/usr/bin:/bin" },
+    window: 16,
+    lost: (end) => Promise.resolve(new Lost(end)),
+  });
+  const sink = new CollectingSink();
+  const error = await assertRejects(() => session.run(step(["true"]), sink), Lost);
+  assert(error.end.protocolError, JSON.stringify(error.end));
+  assertEquals(sink.lines, []);
+  await session.close();
+});

@@ -480,6 +480,14 @@ export class SshExec implements Executor {
         { detail },
       );
     }
+    if (end.protocolError) {
+      return new TransportError(
+        "protocol",
+        this.host,
+        `the remote supervisor broke its framing (${end.reason}); its steps were killed`,
+        { detail },
+      );
+    }
     const masterUp = (await this.#control("check")) === 0;
     if (!masterUp) this.#master = null;
     // Before the supervisor said hello, ssh's own words say what failed (this
