@@ -268,9 +268,12 @@ Deno.test("a sink whose promise rejects also ends the run", async () => {
 Deno.test("backpressure: while the sink's write is pending the producer is blocked on its pipe", async () => {
   const dir = await Deno.makeTempDir();
   const counter = `${dir}/count`;
-  // Writes 20 000 lines of 100 bytes, recording after each how many it wrote.
+  // Writes 20 000 lines of 100 bytes, appending a mark after each: the marks
+  // count the lines the pipe has taken. (Appending, not overwriting: dash
+  // truncates a `>` target before flushing a blocked write, so an overwritten
+  // counter would read empty while the producer is stalled.)
   const producer =
-    `i=0; while [ $i -lt 20000 ]; do printf '%099d\\n' $i; i=$((i+1)); echo $i > ${counter}; done`;
+    `i=0; while [ $i -lt 20000 ]; do printf '%099d\\n' $i; i=$((i+1)); echo >> ${counter}; done`;
   let release!: () => void;
   const gate = new Promise<void>((r) => (release = r));
   let received = 0;
@@ -281,9 +284,10 @@ Deno.test("backpressure: while the sink's write is pending the producer is block
     },
   };
   const running = exec.runStreaming(Step.shell("test.pressure", producer), sink);
-  const readCount = async () => Number(await Deno.readTextFile(counter).catch(() => "0"));
+  const readCount = async () => (await Deno.readTextFile(counter).catch(() => "")).length;
   await new Promise((r) => setTimeout(r, 1500));
   const stalledAt = await readCount();
+  assert(stalledAt > 100, `the producer must have written something first (${stalledAt})`);
   await new Promise((r) => setTimeout(r, 500));
   const later = await readCount();
   assertEquals(later, stalledAt, "the producer must not advance while the sink is pending");
