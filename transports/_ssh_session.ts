@@ -13,6 +13,7 @@ import { runProcess } from "../executor/_spawn.ts";
 import type { LogLine, LogSink } from "../executor/types.ts";
 import { SESSION_MAGIC } from "./_ssh_supervisor.ts";
 import { parseStatus, type StepStatus } from "./_ssh_wrapper.ts";
+import { concat, indexOfBytes } from "../executor/_bytes.ts";
 
 /** Bytes the supervisor may send of one step's stream before the local side takes them. */
 export const DEFAULT_STEP_WINDOW = 2 * 1024 * 1024;
@@ -210,7 +211,7 @@ export class FrameReader {
   /** Finds the hello frame; returns where the frames after it start, or -1. */
   #sync(chunk: Uint8Array): number {
     const data = this.#pre.length === 0 ? chunk : concat(this.#pre, chunk);
-    const at = indexOf(data, HELLO);
+    const at = indexOfBytes(data, HELLO);
     const skipped = at < 0 ? data.length - Math.min(data.length, HELLO.length - 1) : at;
     if (this.junk.length < 2000 && skipped > 0) {
       this.junk += new TextDecoder().decode(data.subarray(0, Math.min(skipped, 2000)));
@@ -639,23 +640,4 @@ export class SshSession {
 
 function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a, 0);
-  out.set(b, a.length);
-  return out;
-}
-
-function indexOf(data: Uint8Array, needle: Uint8Array): number {
-  let from = 0;
-  for (;;) {
-    const at = data.indexOf(needle[0], from);
-    if (at < 0 || at + needle.length > data.length) return -1;
-    let i = 1;
-    while (i < needle.length && data[at + i] === needle[i]) i++;
-    if (i === needle.length) return at;
-    from = at + 1;
-  }
 }

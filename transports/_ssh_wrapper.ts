@@ -22,6 +22,7 @@
 // the step's own exit 255.
 
 import { TransportError } from "../executor/errors.ts";
+import { concat, indexOfBytes } from "../executor/_bytes.ts";
 
 /** The frame's magic word; bump it when the frame changes. */
 const MAGIC = "OPSX1";
@@ -262,7 +263,7 @@ export class TrailerStripper {
     let data = this.#held.length === 0 ? chunk : concat(this.#held, chunk);
     this.#held = new Uint8Array(0);
     for (;;) {
-      const at = this.status ? -1 : indexOf(data, this.#marker);
+      const at = this.status ? -1 : indexOfBytes(data, this.#marker);
       if (at < 0) break;
       const end = data.indexOf(0, at + this.#marker.length);
       if (end < 0) {
@@ -298,25 +299,6 @@ export function parseStatus(text: string): StepStatus | null {
   const signal = /^s:(SIG[A-Z0-9+-]+|SIG\d+)$/.exec(text);
   if (signal) return { exitCode: null, signal: signal[1] };
   return null;
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a, 0);
-  out.set(b, a.length);
-  return out;
-}
-
-function indexOf(data: Uint8Array, needle: Uint8Array): number {
-  let from = 0;
-  for (;;) {
-    const at = data.indexOf(needle[0], from);
-    if (at < 0 || at + needle.length > data.length) return -1;
-    let i = 1;
-    while (i < needle.length && data[at + i] === needle[i]) i++;
-    if (i === needle.length) return at;
-    from = at + 1;
-  }
 }
 
 /** The length of the longest suffix of `data` that is a proper prefix of `needle`. */

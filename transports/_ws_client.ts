@@ -6,6 +6,7 @@
 
 import type { Buffer } from "node:buffer";
 import net from "node:net";
+import { concat } from "../executor/_bytes.ts";
 
 /** Options of {@linkcode WsClient.connect}. */
 export interface WsClientOptions {
@@ -370,14 +371,6 @@ function frameReader(
       socket.destroy();
     },
   }, { highWaterMark: 16 });
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  if (a.length === 0) return b;
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
 }
 
 function indexOfCrlf2(bytes: Uint8Array): number {
