@@ -44,3 +44,13 @@ export const RSYNC: string | null = findProgram(
   "/usr/local/bin/rsync",
   "/opt/homebrew/bin/rsync",
 );
+
+/** Whether anything (a file, a directory, a link, even a dangling one) is at `path`. */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -2,6 +2,7 @@
 // real HTTP, with tailscaled's stand-in answering whois. Each client binds a
 // distinct loopback source address (localAddress) to be a different peer.
 
+import { exists } from "./_prereq.ts";
 import {
   assert,
   assertEquals,
@@ -344,12 +345,3 @@ Deno.test("acceptance 2: caller grant denies -> the agent receives no request at
   listener.close();
   await accepting.catch(() => {});
 });
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}

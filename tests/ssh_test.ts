@@ -20,7 +20,7 @@ import type { LogLine, LogSink } from "../executor/types.ts";
 import { Step } from "../step/mod.ts";
 import { SshExec, type SshExecOptions } from "../transports/ssh.ts";
 import { HAS_PROC, pidsWithCommandLine, waitFor } from "./_procs.ts";
-import { missing, RSYNC } from "./_prereq.ts";
+import { exists, missing, RSYNC } from "./_prereq.ts";
 import { type Sshd, sshdMissing, startSshd } from "./_sshd.ts";
 
 const skip = sshdMissing() ?? missing([HAS_PROC, "/proc (Linux) to watch the remote processes"]);
@@ -922,15 +922,6 @@ function controlDirOf(pid: number): string {
   const title = Deno.readTextFileSync(`/proc/${pid}/cmdline`);
   const path = title.slice("ssh: ".length, title.indexOf(" [mux]"));
   return path.slice(0, path.lastIndexOf("/"));
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function existsSync(path: string): boolean {

@@ -13,7 +13,7 @@ import { CollectingSink } from "../executor/sinks.ts";
 import type { LogLine, LogSink } from "../executor/types.ts";
 import { Step } from "../step/mod.ts";
 import { groupMembers, HAS_PROC, isAlive, waitFor } from "../tests/_procs.ts";
-import { missing } from "../tests/_prereq.ts";
+import { exists, missing } from "../tests/_prereq.ts";
 import { LocalExec } from "./local.ts";
 
 const caps = CapabilitySet.of("test.*", "observe");
@@ -392,15 +392,6 @@ Deno.test("observe() reports this machine's facts, gated by observe", async () =
   assertEquals((await rooted.observe()).disks.map((d) => d.path), ["/tmp"]);
   await assertRejects(() => new LocalExec(CapabilitySet.of("test.*")).observe(), CapabilityDenied);
 });
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 Deno.test("a process that escaped the group with setsid is swept on timeout (by the run's marker)", async () => {
   if (!HAS_PROC && missing([false, "/proc (Linux) to inspect the process tree"])) return;

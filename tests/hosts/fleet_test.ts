@@ -2,6 +2,7 @@
 // sshd, agent, hostname and /srv), and the tests' traffic stays off the root
 // namespace's network.
 
+import { exists } from "../_prereq.ts";
 import { assert, assertEquals } from "@deps/assert";
 import { CapabilitySet, CollectingSink, Step } from "../../mod.ts";
 import { APP_ROOT, BUILDS_ROOT, fleetTest } from "./_fleet.ts";
@@ -59,13 +60,4 @@ async function runBoth(
   const s = await fleet.ssh(host, FLEET).runStreaming(step, viaSsh);
   assert(a.success && s.success, `${host}: agent exit ${a.exitCode}, ssh exit ${s.exitCode}`);
   return { agent: viaAgent.text("stdout"), ssh: viaSsh.text("stdout") };
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
