@@ -3,7 +3,7 @@
 // bytes go through the one NDJSON codec (executor/_ndjson.ts). Documented for
 // people in docs/protocol.md: keep the two in step.
 
-import type { LogLine } from "../executor/types.ts";
+import type { LogLine, RunOutput } from "../executor/types.ts";
 
 /** The protocol's version, sent in the `start` event and `/v1/health`. */
 export const PROTOCOL_VERSION = 1;
@@ -67,14 +67,10 @@ export interface PingEvent {
 }
 
 /** The last event of a run that ended: how the step ended. */
-export interface ExitEvent {
+export interface ExitEvent
+  extends
+    Pick<RunOutput, "exitCode" | "signal" | "timedOut" | "cancelled" | "durationMs" | "lines"> {
   type: "exit";
-  exitCode: number | null;
-  signal: string | null;
-  timedOut: boolean;
-  cancelled: boolean;
-  durationMs: number;
-  lines: { stdout: number; stderr: number };
   /** Lines the agent had to drop (only while shutting down, to a reader that stalled). */
   dropped?: number;
   /** Why the step was cancelled by the agent itself, e.g. `agent shutting down`. */
