@@ -2,8 +2,8 @@
 // connection, grants from the config and CapMap under the host's ceiling, an
 // audit line per decision, steps through the shared spawn core.
 
-import { Hono } from "hono";
-import type { Context } from "hono";
+import { Hono } from "npm:hono@^4.7.0";
+import type { Context } from "npm:hono@^4.7.0";
 import { StepError } from "../executor/errors.ts";
 import { baseEnvironment } from "../executor/_env.ts";
 import { observeLocalHost } from "../executor/_observe.ts";

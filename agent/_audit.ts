@@ -3,7 +3,7 @@
 // the response that it records completes, and nothing is held in a buffer
 // that a signal could lose.
 
-import { dirname } from "@deps/path";
+import { dirname } from "node:path";
 import { encodeJsonLine } from "../executor/_ndjson.ts";
 import type { CallerSummary } from "../transports/_agent_protocol.ts";
 

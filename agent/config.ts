@@ -2,7 +2,7 @@
 // the wrong type or out of range is a ConfigError naming its key path
 // (`agent.max_concurrent`, `grant[1].allow[0]`).
 
-import { parse as parseToml } from "@deps/toml";
+import { parse as parseToml } from "npm:smol-toml@^1.3.4";
 import { CapabilitySet } from "../capability/capability_set.ts";
 import { ConfigError } from "../executor/errors.ts";
 import { printable, typeName } from "../executor/_describe.ts";

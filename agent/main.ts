@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { parseArgs } from "@deps/cli";
+import { parseArgs } from "node:util";
 import { ConfigError } from "../executor/errors.ts";
 import { AGENT_VERSION, checkPermissions, loadConfig, serveAgent } from "./mod.ts";
 

@@ -1,4 +1,4 @@
-import { posix } from "@deps/path";
+import { posix } from "node:path";
 
 /**
  * Normalises an absolute path lexically: `.` and `..` resolved, repeated and

@@ -25,7 +25,7 @@ import {
   type SyncResult,
 } from "../mod.ts";
 import { AgentRpc } from "../transports/rpc.ts";
-import { parseArgs } from "@deps/cli";
+import { parseArgs } from "node:util";
 
 /** The shell script of each phase, run in the build directory with `$VERSION` set. */
 export interface BentoCommands {

@@ -20,7 +20,7 @@ import {
   Step,
 } from "../mod.ts";
 import { AgentRpc } from "../transports/rpc.ts";
-import { parseArgs } from "@deps/cli";
+import { parseArgs } from "node:util";
 
 /** One tier of the rollout: hosts that are promoted together. */
 export interface Tier {

@@ -16,7 +16,7 @@
 // {"ack": N} (bytes of ours rsync has taken: at most 8 MiB may be in flight
 // beyond it). Text from here: {"eof": true} once rsync closes our stdin.
 
-import { parseArgs } from "@deps/cli";
+import { parseArgs } from "node:util";
 import { REFUSED_PREFIX, type SyncRefusal } from "./_agent_protocol.ts";
 import { WsClient, WsHandshakeError } from "./_ws_client.ts";
 
