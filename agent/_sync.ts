@@ -30,13 +30,14 @@ export class RsyncArgvError extends Error {
 
 /**
  * The single-letter options a client's `rsync --server` vector may carry:
- * those of ops-exec's own push/pull (`--archive` = rlptgoD, n for dryRun,
- * c for checksum, z for compress, v for verbose). Everything else is refused:
- * among them L, k, K (follow links out of the root), s (moves the options
- * into the data stream, past this check), R, b, and every option that takes
- * a program, a file or a directory elsewhere.
+ * those of ops-exec's own push/pull (rlptgo, `--archive` without D; n for
+ * dryRun, c for checksum, z for compress, v for verbose). Everything else is
+ * refused: among them D (device files and fifos), L, k, K (follow links out
+ * of the root), s (moves the options into the data stream, past this check),
+ * R, b, and every option that takes a program, a file or a directory
+ * elsewhere.
  */
-const SHORT_OPTIONS = new Set("rlptgoDnczv");
+const SHORT_OPTIONS = new Set("rlptgonczv");
 /** Long options a vector may carry after the short group. */
 const LONG_OPTIONS = new Set(["--delete", "--stats", "--mkpath"]);
 /** rsync's protocol-capability letters after `e.` (they select protocol features, run nothing). */
@@ -77,7 +78,7 @@ export function parseSyncRequest(value: string | undefined): SyncRequest {
   const match = /^-([A-Za-z]+)e\.([A-Za-z]*)$/.exec(flags);
   if (!match || !CAPABILITIES.test(match[2])) {
     throw new RsyncArgvError(
-      `expected rsync's option group (like -logDtpre.iLsfxCIvu) after --server, got ${
+      `expected rsync's option group (like -logtpre.iLsfxCIvu) after --server, got ${
         JSON.stringify(flags)
       }`,
     );

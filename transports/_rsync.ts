@@ -82,13 +82,15 @@ export function gateSync(
 }
 
 /**
- * The rsync options for `opts`: archive mode, stats for the result, and each
- * SyncOpts flag mapped onto rsync's own option.
+ * The rsync options for `opts`: archive mode without device files and
+ * specials, stats for the result, and each SyncOpts flag mapped onto rsync's
+ * own option.
  */
 export function rsyncOptions(opts: SyncOpts): string[] {
-  // --mkpath creates missing parents of the destination, as `mkdir -p` would
-  // (rsync >= 3.2.3).
-  const args = ["--archive", "--mkpath", "--stats"];
+  // -rlptgo is --archive without -D: a sync never creates device nodes or
+  // fifos (an agent refuses a vector that asks for them). --mkpath creates
+  // missing parents of the destination, as `mkdir -p` would (rsync >= 3.2.3).
+  const args = ["-rlptgo", "--mkpath", "--stats"];
   if (opts.onProgress) args.push("--info=progress2");
   if (opts.delete) args.push("--delete");
   for (const pattern of opts.exclude ?? []) {
