@@ -13,6 +13,7 @@ import type {
   SyncResult,
 } from "../executor/types.ts";
 import type { Step } from "../step/step.ts";
+import { assertLeadsInside } from "../executor/_resolve.ts";
 import { gateSync, runRsync } from "./_rsync.ts";
 
 /** Options of {@linkcode LocalExec}. */
@@ -81,7 +82,8 @@ export class LocalExec implements Executor {
   /**
    * Copies `remotePath` to `localPath` with rsync (both on this machine).
    *
-   * @throws {CapabilityDenied} When `sync.pull` on `remotePath` is not granted.
+   * @throws {CapabilityDenied} When `sync.pull` on `remotePath` (as written, or where it
+   *   leads after symlinks) is not granted.
    */
   pull(remotePath: string, localPath: string, opts: SyncOpts = {}): Promise<SyncResult> {
     return this.#sync("sync.pull", localPath, remotePath, opts);
@@ -90,7 +92,8 @@ export class LocalExec implements Executor {
   /**
    * Copies `localPath` to `remotePath` with rsync (both on this machine).
    *
-   * @throws {CapabilityDenied} When `sync.push` on `remotePath` is not granted.
+   * @throws {CapabilityDenied} When `sync.push` on `remotePath` (as written, or where it
+   *   leads after symlinks) is not granted.
    */
   push(localPath: string, remotePath: string, opts: SyncOpts = {}): Promise<SyncResult> {
     return this.#sync("sync.push", localPath, remotePath, opts);
@@ -124,6 +127,8 @@ export class LocalExec implements Executor {
     opts: SyncOpts,
   ): Promise<SyncResult> {
     const target = gateSync(this.#caps, action, remotePath, this.host);
+    // This machine's own paths: checked after symlinks too, as an agent does.
+    await assertLeadsInside(this.#caps, action, target, this.host);
     return await runRsync({ host: this.host, action, localPath, remotePath: target }, opts);
   }
 }

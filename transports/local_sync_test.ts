@@ -141,3 +141,29 @@ Deno.test("an aborted transfer rejects with the signal's reason", async () => {
   );
   await Deno.remove(base, { recursive: true });
 });
+
+Deno.test("a symlink inside the granted root that leads out of it is refused before rsync starts", async () => {
+  if (skip()) return;
+  const { base, src, granted, outside, exec } = await fixture();
+  await makeTree(outside, { "secret.txt": "secret" });
+  await Deno.symlink(outside, `${granted}/out`);
+  await Deno.mkdir(`${granted}/real`);
+  await Deno.symlink(`${granted}/real`, `${granted}/in`);
+  for (const target of [`${granted}/out/`, `${granted}/out`, `${granted}/out/deeper/new/`]) {
+    const error = await assertRejects(() => exec.push(`${src}/`, target), CapabilityDenied);
+    assertEquals([error.scope, error.action], ["caller", "sync.push"], target);
+    assert(error.message.includes(`leads to ${outside}`), error.message);
+  }
+  const pull = await assertRejects(
+    () => exec.pull(`${granted}/out/`, `${base}/stolen/`),
+    CapabilityDenied,
+  );
+  assertEquals(pull.scope, "caller");
+  assertEquals(await listTree(outside), { "secret.txt": "secret" }, "nothing was written outside");
+  assertFalse(await Deno.stat(`${base}/stolen`).then(() => true, () => false), "rsync never ran");
+
+  // A link that stays inside the root is fine.
+  await exec.push(`${src}/`, `${granted}/in/`);
+  assertEquals((await listTree(`${granted}/real`))["a.txt"], "alpha");
+  await Deno.remove(base, { recursive: true });
+});
