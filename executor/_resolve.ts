@@ -59,7 +59,9 @@ export function enclosingRoot(
   roots.forEach((root, i) => {
     const real = resolvedRoots[i];
     if (real === null || !isInsideRoot(resolved, real)) return;
-    if (best === null || real.length < best.resolvedRoot.length) best = { root, resolvedRoot: real };
+    if (best === null || real.length < best.resolvedRoot.length) {
+      best = { root, resolvedRoot: real };
+    }
   });
   return best;
 }
@@ -85,6 +87,8 @@ export async function assertLeadsInside(
     path,
     reason: resolved === null
       ? "the path cannot be resolved"
-      : `it leads to ${resolved} (through a symlink), outside the granted roots ${roots.join(", ")}`,
+      : `it leads to ${resolved} (through a symlink), outside the granted roots ${
+        roots.join(", ")
+      }`,
   });
 }

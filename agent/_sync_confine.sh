@@ -1,0 +1,84 @@
+#!/bin/sh
+# ops-agent: runs one `rsync --server` confined to its root (docs/protocol.md,
+# "What a sync grant reaches"). Run by agent/_sync_confine.ts as
+#
+#   [unshare ...] /bin/sh -c SCRIPT sh HOW DIR ROOT TARGET rsync --server ... .
+#
+# HOW    view: in a private mount namespace (unshare --mount, the agent is root)
+#        userview: the same inside an unprivileged user namespace
+#        pin: no namespace
+# DIR    push, push-dry (a dry run) or pull
+# ROOT   the granted root, as it was resolved when the agent started
+# TARGET the target inside it, resolved, its trailing slash kept
+#
+# The root is entered and checked against where it led at start. Then "view"
+# builds a tree of its own on a private tmpfs holding only rsync's files
+# (read-only) and the root (bound through the directory just entered:
+# read-only for a pull, never executable) and runs rsync chrooted there, as
+# the agent's own account: every path rsync opens, every symlink it follows,
+# every merge file it reads resolves inside that tree. "pin" walks the
+# target's directories from the root (creating the missing ones of a push),
+# refusing one that leads out, and hands rsync the rest (a name, or what a dry
+# run would create) as a path relative to where it stopped.
+
+set -u
+die() { printf 'ops-agent: %s\n' "$2" >&2; exit "$1"; }
+how=$1 dir=$2 root=$3 target=$4
+shift 4
+rsync=$(command -v -- "$1") || die 127 "rsync: command not found"
+shift
+cd -P -- "$root" 2>/dev/null || die 3 "cannot enter the sync root $root"
+[ "$(pwd -P)" = "$root" ] || die 3 "the sync root $root now leads to $(pwd -P): refused"
+
+inside() { case $(pwd -P)/ in "$root"/*) return 0 ;; esac; return 1; }
+
+if [ "$how" = pin ]; then
+  rel=${target#"$root"}
+  rel=${rel#/}
+  while [ -n "$rel" ]; do
+    part=${rel%%/*}
+    case $rel in */*) next=${rel#*/} ;; *) next= ;; esac
+    # The last name stays rsync's unless the target ends with a slash.
+    [ -z "$next" ] && [ "${target%/}" = "$target" ] && break
+    if [ ! -d "$part" ]; then
+      case $dir in
+      pull) die 23 "$target: no such directory" ;;
+      push) mkdir -- "$part" 2>/dev/null ;;
+      *) break ;; # a dry run creates nothing
+      esac
+    fi
+    cd -P -- "$part" 2>/dev/null || die 3 "cannot enter $part of $target"
+    inside || die 3 "$target leads to $(pwd -P), outside the root $root: refused"
+    rel=$next
+  done
+  # The root itself, by name (a pull without the slash sends the directory, not its contents).
+  [ -z "$rel" ] && [ "${target%/}" = "$target" ] && exec "$rsync" "$@" "$root"
+  exec "$rsync" "$@" "./$rel"
+fi
+
+deps=$(ldd "$rsync" 2>/dev/null) || deps=$(LD_TRACE_LOADED_OBJECTS=1 "$rsync" </dev/null 2>/dev/null) || :
+files=$(printf '%s\n' "$deps" | sed -n 's|.*=> \(/[^ ]*\) (.*|\1|p; s|^[[:space:]]*\(/[^ ]*\) (.*|\1|p')
+mount -t tmpfs -o mode=0755,size=256k,nosuid,nodev ops-agent-sync /tmp || die 12 "cannot mount the sync view"
+view=/tmp/view
+mkdir "$view"
+for file in "$rsync" $files; do
+  mkdir -p "$view${file%/*}" && : >"$view$file" && mount --bind "$file" "$view$file" &&
+    mount -o remount,bind,ro "$view$file" || die 12 "cannot put $file in the sync view"
+done
+mkdir -p "$view$root" || die 12 "cannot make the root's place in the sync view"
+# "." is the root entered and checked above, not its name looked up again.
+mount --no-canonicalize --bind . "$view$root" || die 12 "cannot bind the root into the sync view"
+[ . -ef "$view$root" ] || die 3 "the sync root changed while it was bound: refused"
+flags=nosuid,nodev,noexec
+[ "$dir" = pull ] && flags=ro,$flags
+mount -o "remount,bind,$flags" "$view$root" || die 12 "cannot seal the root in the sync view"
+mount -o remount,bind,ro /tmp || die 12 "cannot seal the sync view"
+cd /
+if [ "$how" = userview ]; then
+  # Back to the agent's own account: root of the user namespace may chown.
+  read -r _ uid _ </proc/self/uid_map
+  read -r _ gid _ </proc/self/gid_map
+  exec unshare --user --map-user="$uid" --map-group="$gid" --root="$view" --wd="$root" -- \
+    "$rsync" "$@" "$target"
+fi
+exec unshare --root="$view" --wd="$root" -- "$rsync" "$@" "$target"
