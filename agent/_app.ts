@@ -407,8 +407,11 @@ export class AgentCore {
     if (slot instanceof Response) return slot;
 
     const setup = this.sync;
+    // Deno pings a silent peer and closes one that does not answer: a dead
+    // peer within 30 s (or the idle limit); a live but silent one is ended by
+    // rsync's own --timeout.
     const { socket, response } = Deno.upgradeWebSocket(c.req.raw, {
-      idleTimeout: setup.idleTimeoutS,
+      idleTimeout: Math.min(setup.idleTimeoutS, 30),
     });
     const abort = new AbortController();
     let stopReason: string | undefined;

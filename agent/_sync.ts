@@ -137,6 +137,12 @@ export interface TunnelOptions {
 export const ACK_EVERY = 1024 * 1024;
 /** Bytes the agent lets queue on the socket before it stops reading rsync's stdout. */
 const SEND_HIGH_WATER = 8 * 1024 * 1024;
+/**
+ * Bytes of the client's stream that may wait for rsync: its window, and one
+ * message of slack (earlier tunnels reserved the window before adding a
+ * message, not after).
+ */
+const UPLOAD_LIMIT = SYNC_WINDOW_BYTES + SYNC_MESSAGE_BYTES;
 
 /**
  * Runs `rsync` with `argv` through the shared spawn core, with the WebSocket
@@ -146,9 +152,9 @@ const SEND_HIGH_WATER = 8 * 1024 * 1024;
  * `{"stderr":"..."}`, and last `{"exit":N,"signal":S}`. Closing the socket
  * (either way) ends rsync.
  *
- * The agent holds at most SYNC_WINDOW_BYTES of the client's stream that rsync
- * has not taken yet (what a client keeping to the acks can have sent), and no
- * message over SYNC_MESSAGE_BYTES: a client past either is cut off (close
+ * The agent holds at most UPLOAD_LIMIT of the client's stream that rsync has
+ * not taken yet (more than a client keeping to the acks can have sent), and
+ * no message over SYNC_MESSAGE_BYTES: a client past either is cut off (close
  * 4008) and its rsync ended, so memory stays bounded whatever it sends.
  */
 export function runSyncTunnel(
@@ -203,11 +209,11 @@ export function runSyncTunnel(
     if (violation !== undefined) return;
     const chunk = new Uint8Array(event.data as ArrayBuffer);
     queued += chunk.length;
-    if (chunk.length > SYNC_MESSAGE_BYTES || queued > SYNC_WINDOW_BYTES) {
+    if (chunk.length > SYNC_MESSAGE_BYTES || queued > UPLOAD_LIMIT) {
       cutOff(
         chunk.length > SYNC_MESSAGE_BYTES
           ? `the client sent a message of ${chunk.length} bytes (at most ${SYNC_MESSAGE_BYTES})`
-          : `the client sent ${queued} bytes past the agent's last ack (its window is ${SYNC_WINDOW_BYTES})`,
+          : `the client sent ${queued} bytes that rsync has not taken yet (its window is ${SYNC_WINDOW_BYTES} bytes beyond the agent's last ack)`,
       );
       return;
     }

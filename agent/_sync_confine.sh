@@ -27,7 +27,9 @@ how=$1 dir=$2 root=$3 target=$4
 shift 4
 rsync=$(command -v -- "$1") || die 127 "rsync: command not found"
 shift
-cd -P -- "$root" 2>/dev/null || die 3 "cannot enter the sync root $root"
+# A push may be the first: the root is created (and then checked like any other).
+[ -d "$root" ] || [ "$dir" != push ] || mkdir -p -- "$root" 2>/dev/null
+cd -P -- "$root" 2>/dev/null || die 3 "cannot enter the sync root $root (no such directory?)"
 [ "$(pwd -P)" = "$root" ] || die 3 "the sync root $root now leads to $(pwd -P): refused"
 
 inside() { case $(pwd -P)/ in "$root"/*) return 0 ;; esac; return 1; }
@@ -58,6 +60,7 @@ fi
 
 deps=$(ldd "$rsync" 2>/dev/null) || deps=$(LD_TRACE_LOADED_OBJECTS=1 "$rsync" </dev/null 2>/dev/null) || :
 files=$(printf '%s\n' "$deps" | sed -n 's|.*=> \(/[^ ]*\) (.*|\1|p; s|^[[:space:]]*\(/[^ ]*\) (.*|\1|p')
+set -f # the file names are split on whitespace, never globbed
 mount -t tmpfs -o mode=0755,size=256k,nosuid,nodev ops-agent-sync /tmp || die 12 "cannot mount the sync view"
 view=/tmp/view
 mkdir "$view"

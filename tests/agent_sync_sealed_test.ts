@@ -5,7 +5,7 @@
 // and the legitimate trees that must still sync byte-identical.
 
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "@deps/assert";
-import { CapabilityDenied, CapabilitySet } from "../mod.ts";
+import { CapabilityDenied, CapabilitySet, TransportError } from "../mod.ts";
 import { AgentRpc } from "../transports/rpc.ts";
 import { WsClient } from "../transports/_ws_client.ts";
 import { loopbackConfig, rssBytes, startAgentProcess } from "./_agent_process.ts";
@@ -672,3 +672,26 @@ Deno.test("a pushed link that leads out of the tree (absolute, or climbing above
   await rpc.push(`${out}/`, `${fx.root}/links/`);
   assertEquals(await listing(`${fx.root}/links`), { "kept.txt": "kept", inside: "-> kept.txt" });
 });
+
+for (const [mode, config] of MODES) {
+  Deno.test(`a first push creates a granted root that does not exist yet (${mode}); a pull of it is refused`, async () => {
+    if (skip()) return;
+    await Deno.mkdir("/tmp/ops-agent", { recursive: true });
+    const base = await Deno.realPath(
+      await Deno.makeTempDir({ dir: "/tmp/ops-agent", prefix: "sealed-new-root-" }),
+    );
+    const root = `${base}/not/yet`;
+    const toml = loopbackConfig({ ceiling: [`sync.push:${root}`, `sync.pull:${root}`] })
+      .replace("[identity]", `${config}\n[identity]`);
+    await using agent = await startAgentProcess(toml);
+    try {
+      await write(`${base}/src/a.txt`, "a");
+      await using rpc = new AgentRpc({ url: agent.url }, ALL);
+      await assertRejects(() => rpc.pull(`${root}/`, `${base}/back/`), TransportError);
+      await rpc.push(`${base}/src/`, `${root}/`);
+      assertEquals(await listing(root), { "a.txt": "a" });
+    } finally {
+      await Deno.remove(base, { recursive: true }).catch(() => {});
+    }
+  });
+}
