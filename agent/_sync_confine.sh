@@ -64,11 +64,17 @@ set -f # the file names are split on whitespace, never globbed
 mount -t tmpfs -o mode=0755,size=256k,nosuid,nodev ops-agent-sync /tmp || die 12 "cannot mount the sync view"
 view=/tmp/view
 mkdir "$view"
+dirs=
+for file in "$rsync" $files; do dirs="$dirs $view${file%/*}"; done
+# (The file names are split on whitespace on purpose.)
+mkdir -p $dirs && mkdir -p "$view$root" || die 12 "cannot lay out the sync view"
+# rsync's files, bound read-only by one mount(8) from a table of its own.
+table=/tmp/binds
 for file in "$rsync" $files; do
-  mkdir -p "$view${file%/*}" && : >"$view$file" && mount --bind "$file" "$view$file" &&
-    mount -o remount,bind,ro "$view$file" || die 12 "cannot put $file in the sync view"
+  : >"$view$file" && printf '%s %s none bind,ro 0 0\n' "$file" "$view$file" >>"$table" ||
+    die 12 "cannot put $file in the sync view"
 done
-mkdir -p "$view$root" || die 12 "cannot make the root's place in the sync view"
+mount --all --fstab "$table" || die 12 "cannot put rsync's files in the sync view"
 # "." is the root entered and checked above, not its name looked up again.
 mount --no-canonicalize --bind . "$view$root" || die 12 "cannot bind the root into the sync view"
 [ . -ef "$view$root" ] || die 3 "the sync root changed while it was bound: refused"
