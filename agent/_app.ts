@@ -390,6 +390,7 @@ export class AgentCore {
     const root = resolved === null
       ? null
       : this.#syncRoots.confinementRoot(ctx.grant.effective, action, resolved);
+    // (this.sync is null only when the ceiling grants no sync: refused above.)
     if (resolved === null || root === null || this.sync === null) {
       const reason = resolved === null
         ? "the path cannot be resolved"

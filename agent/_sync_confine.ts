@@ -215,14 +215,15 @@ export async function probeConfinement(userNamespace: boolean): Promise<string |
       dropDevices: false,
     },
   };
-  const argv = syncCommand({ action: "sync.pull", root: "/tmp", target: "/tmp" }, [
-    "--version",
-    ".",
-  ], setup).filter((word) => !word.startsWith("--timeout="));
+  const argv = syncCommand(
+    { action: "sync.pull", root: "/tmp", target: "/tmp" },
+    ["--version", "."],
+    setup,
+  );
   const lines: string[] = [];
   try {
     const result = await runProcess({
-      argv: argv.slice(0, -1),
+      argv,
       env: baseEnvironment(),
       timeoutMs: 10_000,
       killGraceMs: 1000,
