@@ -137,6 +137,21 @@ sshTest("18.2 ssh's own words are quoted once: no 'ssh: ssh:'", async () => {
   assertFalse(error.message.includes("ssh: ssh:"), error.message);
 });
 
+sshTest(
+  "18.2 an ssh client without -G (OpenSSH before 6.8) still connects, with ssh's defaults",
+  async () => {
+    const old = `${scratch}/old-ssh`;
+    await Deno.writeTextFile(
+      old,
+      `#!/bin/sh\ncase "$1" in -G) echo "ssh: illegal option -- G" >&2; exit 255;; esac\n` +
+        `exec /usr/bin/ssh "$@"\n`,
+    );
+    await Deno.chmod(old, 0o755);
+    await using exec = new SshExec(options({ sshProgram: old }), CAPS);
+    assertEquals(await echo(exec, "old client"), "old client");
+  },
+);
+
 // ---- configFile (ssh -F) -------------------------------------------------------
 
 sshTest("18.2 configFile: a Host alias of the given ssh config file reaches the host", async () => {

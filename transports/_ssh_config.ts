@@ -52,6 +52,10 @@ export async function readSshFacts(
       `cannot run the ssh client ${program}: ${result.stderr}`,
     );
   }
+  // An ssh client without -G (OpenSSH before 6.8, another client): ssh's own defaults.
+  if (result.exitCode !== 0 && /option -- '?G/.test(result.stderr)) {
+    return { knownHostsFiles: [], jumps: [] };
+  }
   if (result.exitCode !== 0) throw await rejected(program, target, env, result.stderr);
   const values = new Map<string, string>();
   for (const line of result.stdout.split("\n")) {
