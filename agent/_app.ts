@@ -5,7 +5,7 @@
 import { Hono } from "npm:hono@^4.7.0";
 import type { Context } from "npm:hono@^4.7.0";
 import { StepError } from "../executor/errors.ts";
-import { baseEnvironment } from "../executor/_env.ts";
+import { baseEnvironment, homeDirectory } from "../executor/_env.ts";
 import { observeLocalHost } from "../executor/_observe.ts";
 import { type ProcessResult, runProcess } from "../executor/_spawn.ts";
 import type { HostObservation } from "../executor/types.ts";
@@ -499,7 +499,7 @@ export class AgentCore {
           result = await runProcess({
             argv: agentArgv(step),
             env: { ...baseEnvironment(), ...step.env },
-            cwd: step.cwd,
+            cwd: step.cwd ?? homeDirectory(),
             stdin: step.stdin,
             timeoutMs: step.timeoutMs,
             killGraceMs: step.killGraceMs,

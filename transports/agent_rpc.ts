@@ -33,7 +33,13 @@ import { gateSync, rsyncRemoteShell, runRsync } from "./_rsync.ts";
 
 /** Where the agent is, and how to reach it. */
 export interface AgentRpcOptions {
-  /** The agent's base URL, e.g. `http://100.101.102.103:7070`. */
+  /**
+   * The agent's address as a URL, e.g. `http://100.101.102.103:7070`: a
+   * scheme, a host and a port, nothing more (a path, query, fragment or user
+   * name is refused: the agent serves at the root of its address). ops-agent
+   * speaks plain HTTP (`https://` is refused); the tailnet (WireGuard)
+   * encrypts and authenticates the traffic.
+   */
   url: string;
   /**
    * The local address to connect from (e.g. this machine's tailnet address
@@ -102,18 +108,12 @@ export class AgentRpc implements Executor {
    *
    * @param opts The agent's URL and how to reach it.
    * @param caps The caller-side grant every call is checked against first.
-   * @throws {ConfigError} When the URL is not an http(s) URL.
+   * @throws {ConfigError} When the URL is not the `http://` URL of a bare
+   *   address (the message names what is wrong and the URL to use): an
+   *   `https://` URL too, since ops-agent speaks plain HTTP.
    */
   constructor(opts: AgentRpcOptions, caps: CapabilitySet) {
-    let base: URL;
-    try {
-      base = new URL(opts.url);
-    } catch {
-      throw new ConfigError("url", `"${opts.url}" is not a URL (e.g. http://100.101.102.103:7070)`);
-    }
-    if (base.protocol !== "http:" && base.protocol !== "https:") {
-      throw new ConfigError("url", `"${opts.url}" must be an http:// or https:// URL`);
-    }
+    const base = agentBase(opts.url);
     this.#base = base;
     this.#caps = caps;
     this.host = opts.host ?? base.host;
@@ -548,13 +548,67 @@ function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/** A short reason for a failed connection, from the error chain. */
-function reachability(error: unknown): string {
+/**
+ * The agent's base URL from `url`: http(s), a host, a port, nothing else.
+ *
+ * @throws {ConfigError} Naming what is wrong and the URL to use instead.
+ */
+function agentBase(url: string): URL {
+  const example = "http://100.101.102.103:7070";
+  if (typeof url !== "string" || url === "") {
+    throw new ConfigError("url", `must be the agent's URL, e.g. ${example}`);
+  }
+  let base: URL | undefined;
+  try {
+    base = new URL(url);
+  } catch {
+    // No scheme ("100.101.102.103:7070"), or not a URL at all: below.
+  }
+  if (base?.protocol === "https:") {
+    throw new ConfigError(
+      "url",
+      `"${url}" asks for TLS, but ops-agent speaks plain HTTP on the tailnet, which WireGuard ` +
+        `already encrypts and authenticates: use http://${base.host}`,
+    );
+  }
+  if (base === undefined || base.protocol !== "http:") {
+    const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(url);
+    throw new ConfigError(
+      "url",
+      scheme
+        ? `"${url}" must be an http:// URL (ops-agent speaks HTTP), e.g. ${example}`
+        : `"${url}" has no scheme: write http://${url}`,
+    );
+  }
+  const bare = `http://${base.host}`;
+  const extra = [
+    base.username || base.password ? "a user name or password" : "",
+    base.pathname !== "/" ? `the path ${base.pathname}` : "",
+    base.search ? `the query ${base.search}` : "",
+    base.hash ? `the fragment ${base.hash}` : "",
+  ].filter(Boolean);
+  if (extra.length > 0) {
+    throw new ConfigError(
+      "url",
+      `"${url}" has ${extra.join(" and ")}; ops-agent serves at the root of its address and ` +
+        `identifies callers by their tailnet address: use ${bare}`,
+    );
+  }
+  return base;
+}
+
+/** Every message of an error and its causes, joined. */
+function errorChain(error: unknown): string {
   const chain: string[] = [];
   for (let e: unknown = error; e instanceof Error && chain.length < 4; e = e.cause) {
     chain.push(e.message);
   }
-  const all = chain.join(": ");
+  return chain.join(": ");
+}
+
+/** A short reason for a failed connection, from the error chain. */
+function reachability(error: unknown): string {
+  const all = errorChain(error);
   if (/refused/i.test(all)) return "connection refused (is ops-agent running and listening there?)";
   if (/timed? ?out/i.test(all)) return `connection timed out (${all})`;
   if (/unreachable|no route/i.test(all)) return `no route to the host (${all})`;

@@ -1,6 +1,6 @@
 import type { CapabilitySet } from "../capability/capability_set.ts";
 import { assertAllowed } from "../capability/guard.ts";
-import { baseEnvironment } from "../executor/_env.ts";
+import { baseEnvironment, homeDirectory } from "../executor/_env.ts";
 import { observeLocalHost } from "../executor/_observe.ts";
 import { runProcess, toRunOutput } from "../executor/_spawn.ts";
 import type {
@@ -69,7 +69,7 @@ export class LocalExec implements Executor {
     const result = await runProcess({
       argv: step.argv,
       env: { ...baseEnvironment(), ...step.env },
-      cwd: step.cwd,
+      cwd: step.cwd ?? homeDirectory(),
       stdin: step.stdin,
       timeoutMs: step.timeoutMs,
       killGraceMs: step.killGraceMs,

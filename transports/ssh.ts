@@ -16,6 +16,7 @@ import type {
 import type { Step } from "../step/step.ts";
 import { gateSync, rsyncRemoteShell, runRsync } from "./_rsync.ts";
 import {
+  checkFileExists,
   checkSshOptions,
   checkWord,
   rsyncHost,
@@ -23,6 +24,7 @@ import {
   sshOptionArgs,
   type SshTarget,
 } from "./_ssh_args.ts";
+import { hopLog, jumpProxyCommand, readSshFacts, type SshFacts } from "./_ssh_config.ts";
 import { parseProbe, probeArgv } from "./_ssh_observe.ts";
 import { type SessionEnd, type SessionRun, SshSession } from "./_ssh_session.ts";
 import { sessionCommand } from "./_ssh_supervisor.ts";
@@ -49,11 +51,20 @@ export interface SshExecOptions {
   /** A known_hosts file to check the host key against instead of `~/.ssh/known_hosts`. */
   knownHostsFile?: string;
   /**
+   * An ssh config file to read instead of `~/.ssh/config` (ssh `-F`; `"none"`
+   * reads none). Its `Host` aliases, `ProxyJump`, `UserKnownHostsFile` and
+   * the like apply as they would to `ssh -F file`.
+   */
+  configFile?: string;
+  /**
    * More ssh_config options, each written `Name=value` and passed as `-o`.
    * They come before SshExec's own defaults, so they win: e.g.
    * `["StrictHostKeyChecking=accept-new"]` or `["ProxyJump=bastion"]`.
    * `ControlMaster`, `ControlPath`, `ControlPersist`, `BatchMode`,
-   * `RequestTTY` and the like are managed by SshExec and refused.
+   * `RequestTTY` and the like are managed by SshExec and refused; `Include`
+   * belongs in a `configFile`. A ProxyJump's hops (from here or from the
+   * config file) are reached with this executor's `identityFile`,
+   * `knownHostsFile` and `configFile` too.
    */
   sshOptions?: string[];
   /** How long the multiplexed master outlives its last use, in seconds. Default 60. */
@@ -126,6 +137,7 @@ export class SshExec implements Executor {
   readonly #supervisor: RemoteSupervisor;
   readonly #sessionPerStep: boolean;
   #resolved: "perl" | "sh" = "sh";
+  #facts: SshFacts | null = null;
   #controlDir: string | null = null;
   #master: Promise<void> | null = null;
   #session: SshSession | null = null;
@@ -137,7 +149,8 @@ export class SshExec implements Executor {
    *
    * @param opts Where and how to reach the host.
    * @param caps The caller-side grant every call is checked against.
-   * @throws {ConfigError} When an option is malformed (the message names it).
+   * @throws {ConfigError} When an option is malformed, or `identityFile` or
+   *   `configFile` names no file (the message names the option).
    */
   constructor(opts: SshExecOptions, caps: CapabilitySet) {
     if (typeof opts !== "object" || opts === null) {
@@ -166,9 +179,18 @@ export class SshExec implements Executor {
       port: opts.port,
       identityFile: checkWord("identityFile", opts.identityFile),
       knownHostsFile: checkWord("knownHostsFile", opts.knownHostsFile),
+      configFile: checkWord("configFile", opts.configFile),
       sshOptions: checkSshOptions(opts.sshOptions),
       persistSeconds: persist,
     };
+    checkFileExists(
+      "identityFile",
+      this.#target.identityFile,
+      "it is the private key SshExec offers the host: check the path",
+    );
+    if (this.#target.configFile !== "none") {
+      checkFileExists("configFile", this.#target.configFile, "it is the ssh config file (ssh -F)");
+    }
     this.#program = checkWord("sshProgram", opts.sshProgram) ?? defaultSshProgram();
     if (opts.sessionPerStep !== undefined && typeof opts.sessionPerStep !== "boolean") {
       throw new ConfigError("sessionPerStep", `must be true or false, got ${opts.sessionPerStep}`);
@@ -331,8 +353,14 @@ export class SshExec implements Executor {
   }
 
   async #openMaster(): Promise<void> {
+    // What ssh makes of the options, before anything connects: a rejected
+    // option is a ConfigError here, and ProxyJump hops get our options.
+    this.#facts ??= await readSshFacts(this.#program, this.#target, this.#sshEnvironment());
     this.#controlDir ??= await Deno.makeTempDir({ dir: "/tmp", prefix: "oe-" });
     await Deno.chmod(this.#controlDir, 0o700);
+    const hopLogs = this.#facts.jumps.map((_, i) => hopLog(this.#controlDir!, i));
+    // ssh -E appends: each opening starts with empty hop logs.
+    await Promise.all(hopLogs.map((path) => Deno.writeTextFile(path, "")));
     const marker = newNonce();
     const lines: LogLine[] = [];
     // One command proves the login shell runs commands, and finds out which
@@ -373,7 +401,16 @@ export class SshExec implements Executor {
         { detail: stderr },
       );
     }
-    if (result.exitCode === 255 || stderr !== "") throw sshFailure(this.#target, stderr, "connect");
+    if (result.exitCode === 255 || stderr !== "") {
+      const hops = await Promise.all(this.#facts.jumps.map(async (jump, i) => ({
+        spec: jump.spec,
+        said: (await Deno.readTextFile(hopLogs[i]).catch(() => "")).replaceAll("\r", ""),
+      })));
+      throw sshFailure(this.#target, stderr, "connect", {
+        knownHostsFiles: this.#facts.knownHostsFiles,
+        hops,
+      });
+    }
     throw new TransportError(
       "protocol",
       this.host,
@@ -397,12 +434,21 @@ export class SshExec implements Executor {
   }
 
   #sshArgs(dir = this.#controlDir!): string[] {
-    return sshOptionArgs(this.#target, `${dir}/m`);
+    const jumps = this.#facts?.jumps ?? [];
+    const proxy = jumps.length === 0
+      ? undefined
+      : jumpProxyCommand(this.#program, this.#target, jumps, dir);
+    return sshOptionArgs(this.#target, `${dir}/m`, proxy);
   }
 
-  /** ssh's environment: the base one plus the agent socket, so agent keys work as for plain ssh. */
+  /**
+   * ssh's environment: the base one plus the agent socket, so agent keys
+   * work as for plain ssh; `SHELL` is sh, which runs a ProxyCommand (the
+   * jump hops' commands are quoted for a POSIX shell).
+   */
   #sshEnvironment(): Record<string, string> {
     const env = baseEnvironment();
+    env.SHELL = "/bin/sh";
     const agent = readEnv("SSH_AUTH_SOCK");
     if (agent) env.SSH_AUTH_SOCK = agent;
     return env;
