@@ -94,7 +94,15 @@ export async function loadInventory(path: string, optional = false): Promise<Inv
     const why = error instanceof Error ? error.message : String(error);
     throw new ConfigError("", `cannot read the inventory ${path}: ${why}`, { cause: error });
   }
-  return parseInventory(text, path);
+  try {
+    return parseInventory(text, path);
+  } catch (error) {
+    // Name the file: a person may have several inventories.
+    if (error instanceof ConfigError && !error.message.includes(path)) {
+      error.message = `${path}: ${error.message}`;
+    }
+    throw error;
+  }
 }
 
 /**

@@ -9,6 +9,7 @@ import {
   StepError,
   TransportError,
 } from "../mod.ts";
+import { UsageError } from "./_args.ts";
 import { TargetError } from "./_target.ts";
 
 /** The exit codes of ops-exec other than a single host's own exit code. */
@@ -140,7 +141,7 @@ export function verdictOfError(error: unknown, during: "step" | "transfer" = "st
     if (error.kind === "sync_failed") return { status: "failed", exitCode: EXIT.failed, reason };
     return { status: "error", exitCode: EXIT.error, reason };
   }
-  if (error instanceof StepError || error instanceof TargetError) {
+  if (error instanceof StepError || error instanceof TargetError || error instanceof UsageError) {
     return { status: "usage", exitCode: EXIT.usage, reason };
   }
   if (error instanceof ConfigError) return { status: "config", exitCode: EXIT.config, reason };

@@ -37,6 +37,10 @@ export interface Invocation {
   inventory: Inventory | null;
   /** Aborted on SIGINT/SIGTERM. */
   signal: AbortSignal;
+  /** The step of `run` and `sh` (see {@linkcode buildStep}). */
+  step?: Step;
+  /** `--allow`, read (see {@linkcode allowFlag}); absent when not given. */
+  allow?: CapabilitySet;
 }
 
 const OK: Verdict = { status: "ok", exitCode: 0, reason: "" };
@@ -46,7 +50,7 @@ export async function runVerb(inv: Invocation): Promise<number> {
   switch (inv.args.verb) {
     case "run":
     case "sh":
-      return await runStep(inv, buildStep(inv.args));
+      return await runStep(inv, inv.step ?? buildStep(inv.args));
     case "observe":
       return await observe(inv);
     case "caps":
@@ -363,15 +367,13 @@ export function describeRoute(host: HostTarget): string {
 
 /** Where the caller-side grant of `host` comes from. */
 function grantSource(inv: Invocation, host: HostTarget): "--allow" | "inventory" | "none" {
-  if (inv.args.values.allow !== undefined) return "--allow";
+  if (inv.allow !== undefined) return "--allow";
   return host.allow === undefined ? "none" : "inventory";
 }
 
 /** The caller-side grant: `--allow` when given, else the inventory's; never anything implicit. */
 export function grantOf(inv: Invocation, host: HostTarget): CapabilitySet {
-  const allow = inv.args.values.allow as string[] | undefined;
-  if (allow !== undefined) return allowFlag(inv.args.verb, allow);
-  return host.allow ?? CapabilitySet.none();
+  return inv.allow ?? host.allow ?? CapabilitySet.none();
 }
 
 /** `--allow` as a set. */

@@ -27,7 +27,7 @@ import {
 import { EXIT, Interrupted, notCapable, oneLine } from "./_outcome.ts";
 import { Output } from "./_output.ts";
 import { TargetError } from "./_target.ts";
-import { DEFAULT_CONCURRENCY, runVerb } from "./_verbs.ts";
+import { allowFlag, buildStep, DEFAULT_CONCURRENCY, runVerb } from "./_verbs.ts";
 
 const VERSION: string = meta.version;
 
@@ -73,6 +73,9 @@ async function invoke(args: VerbArgs): Promise<number> {
       `--concurrency "${concurrency}" must be a number from 1 to 1024 (default ${DEFAULT_CONCURRENCY})`,
     );
   }
+  const allow = values.allow === undefined ? undefined : allowFlag(verb, values.allow as string[]);
+  // The step first: a usage error in it is reported before any target is looked up.
+  const step = verb === "run" || verb === "sh" ? buildStep(args) : undefined;
   const targets = verb === "sh" && args.rest === null ? positionals.slice(0, -1) : positionals;
   const targetArgs = verb === "push" || verb === "pull" ? targets.slice(0, 1) : targets;
   if (targetArgs.length === 0 && verb !== "hosts") {
@@ -106,7 +109,15 @@ async function invoke(args: VerbArgs): Promise<number> {
     return [signal, listener] as const;
   });
   try {
-    const code = await runVerb({ args, output, hosts, inventory, signal: stop.signal });
+    const code = await runVerb({
+      args,
+      output,
+      hosts,
+      inventory,
+      signal: stop.signal,
+      step,
+      allow,
+    });
     if (received === "SIGINT") return EXIT.interrupted;
     if (received === "SIGTERM") return EXIT.terminated;
     return code;
