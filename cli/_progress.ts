@@ -2,8 +2,9 @@
 // throttled `progress` events with --json, nothing at all otherwise (rsync
 // is then not even asked for its progress output).
 
-// @ts-types="npm:@types/cli-progress@^3.11.6"
-import cliProgress from "npm:cli-progress@^3.12.0";
+import process from "node:process";
+// @ts-types="./_cli_progress.d.ts"
+import cliProgress, { type SingleBar } from "npm:cli-progress@^3.12.0";
 import type { SyncProgress } from "../mod.ts";
 import type { Output } from "./_output.ts";
 
@@ -54,7 +55,7 @@ function barProgress(hosts: readonly string[]): Progress {
     noTTYOutput: false,
     fps: 10,
   }, cliProgress.Presets.shades_classic);
-  const bars = new Map<string, cliProgress.SingleBar>();
+  const bars = new Map<string, SingleBar>();
   const bar = (host: string) => {
     let b = bars.get(host);
     if (!b) {
