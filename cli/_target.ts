@@ -168,7 +168,9 @@ export function isIpAddress(text: string): boolean {
 function checkHost(text: string, host: string): string {
   const v6 = IPV6.exec(host);
   if (v6) {
-    if (!isIpAddress(v6[1])) throw new TargetError(text, `"${host}" is not an IPv6 address`);
+    if (!v6[1].includes(":") || !isIpAddress(v6[1])) {
+      throw new TargetError(text, `"${host}" is not an IPv6 address`);
+    }
     return host;
   }
   if (!HOST_NAME.test(host)) {
