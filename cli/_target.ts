@@ -2,8 +2,14 @@
 // resolved host into an executor. Every executor the CLI uses is built by
 // `openExecutor`, so the transports' constructors are called in one place.
 
-import { type CapabilitySet, ConfigError, type Executor, LocalExec, SshExec } from "../mod.ts";
-import type { RemoteSupervisor } from "../transports/mod.ts";
+import {
+  type CapabilitySet,
+  ConfigError,
+  type Executor,
+  LocalExec,
+  type RemoteSupervisor,
+  SshExec,
+} from "../mod.ts";
 import { AgentRpc } from "../transports/rpc.ts";
 
 /** The transports a host can be reached by. */
