@@ -1,6 +1,6 @@
 // The examples' command lines: node:util parseArgs, strict, with --help. A
-// bad option or a missing value is one line of usage error (exit 2), never a
-// stack trace.
+// bad option or a missing value is one line of usage error (exit 2) that
+// points at --help, never a stack trace.
 
 import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 
@@ -9,8 +9,8 @@ export type ExampleValues = Record<string, string | boolean | string[] | undefin
 
 /**
  * Reads `Deno.args` against `options`. Prints `usage` and exits 0 on
- * `--help`/`-h`; prints the error and `usage` to stderr and exits 2 on an
- * unknown option, a missing value or a stray argument.
+ * `--help`/`-h`; prints one line to stderr and exits 2 on an unknown
+ * option, a missing value or a stray argument.
  */
 export function exampleArgs(
   program: string,
@@ -27,18 +27,17 @@ export function exampleArgs(
     }));
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
-    console.error(`${program}: ${message.split(". To specify")[0]}\n\n${usage}`);
-    Deno.exit(2);
+    usageError(program, message.split(". To specify")[0]);
   }
   if (values.help) {
     console.log(usage);
     Deno.exit(0);
   }
-  return values;
+  return values as ExampleValues;
 }
 
-/** Prints a usage error (what is missing, then the usage) and exits 2. */
-export function usageError(program: string, message: string, usage: string): never {
-  console.error(`${program}: ${message}\n\n${usage}`);
+/** Prints a one-line usage error and exits 2. */
+export function usageError(program: string, message: string): never {
+  console.error(`${program}: ${message.replace(/\.$/, "")} (${program} --help for usage)`);
   Deno.exit(2);
 }

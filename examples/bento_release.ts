@@ -145,7 +145,7 @@ if (import.meta.main) {
     out: { type: "string", default: "./dist" },
   }) as { source?: string; version?: string; mac?: string; builds: string; out: string };
   if (!values.source || !values.version || !values.mac) {
-    usageError("bento_release.ts", "--source, --version and --mac are required", BENTO_USAGE);
+    usageError("bento_release.ts", "--source, --version and --mac are required");
   }
   const caps = CapabilitySet.of(
     "bento.*",

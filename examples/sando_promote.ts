@@ -214,12 +214,11 @@ if (import.meta.main) {
     usageError(
       "sando_promote.ts",
       "--artifact, --release and at least one --tier are required",
-      SANDO_USAGE,
     );
   }
   for (const spec of values.tier) {
     if (!/^[^=]+=[^=]+$/.test(spec)) {
-      usageError("sando_promote.ts", `--tier "${spec}": write NAME=URL[,URL...]`, SANDO_USAGE);
+      usageError("sando_promote.ts", `--tier "${spec}": write NAME=URL[,URL...]`);
     }
   }
   const caps = CapabilitySet.of(

@@ -504,6 +504,43 @@ hosts = ["a", "b", "c", "d"]
   }
 });
 
+Deno.test("cli: --fail-fast stops at the first host that fails and starts no more", async () => {
+  const inventory = await writeInventory(`
+${["a", "b", "c"].map((n) => `[hosts.${n}]\ntransport = "local"\nallow = ["test.*"]\n`).join("\n")}
+[groups.abc]
+hosts = ["a", "b", "c"]
+`);
+  const result = await cli([
+    "sh",
+    "abc",
+    "-i",
+    inventory,
+    "-a",
+    "test.f",
+    "-c",
+    "1",
+    "--fail-fast",
+    "--json",
+    "exit 3",
+  ]);
+  assertEquals(result.code, 1, result.stderr);
+  const [summary] = ofType(events(result.stdout), "summary");
+  assertEquals(
+    (summary.hosts as Record<string, unknown>[]).map((h) => [h.host, h.status, h.exitCode]),
+    [
+      ["a", "failed", 3],
+      ["b", "skipped", null],
+      ["c", "skipped", null],
+    ],
+  );
+  const all = await cli(["sh", "abc", "-i", inventory, "-a", "test.f", "-c", "1", "exit 3"]);
+  assertEquals(all.code, 1);
+  assertStringIncludes(
+    all.stderr,
+    "3 of 3 hosts did not succeed: a (failed), b (failed), c (failed)",
+  );
+});
+
 Deno.test("cli local: SIGINT during a step kills its process tree and exits 130", async () => {
   const child = spawnCli([
     "sh",
@@ -676,6 +713,7 @@ Deno.test("examples: --help prints usage; a bad option is a one-line usage error
     const stderr = new TextDecoder().decode(bad.stderr);
     assertEquals(bad.code, 2, stderr);
     assertStringIncludes(stderr, "--frobnicate");
+    assertEquals(stderr.trim().split("\n").length, 1, stderr);
     assert(!/TypeError|\n\s+at /.test(stderr), `${example}: ${stderr}`);
   }
 });
