@@ -14,6 +14,7 @@ import {
   TransportError,
 } from "../mod.ts";
 import { AgentRpc } from "../transports/rpc.ts";
+import { execViaShell } from "../executor/_exec_via_shell.ts";
 import { parseDuration, UsageError, type VerbArgs } from "./_args.ts";
 import { eachHost, type HostOperation, type HostRun } from "./_fleet.ts";
 import type { Inventory } from "./_inventory.ts";
@@ -135,8 +136,17 @@ function readStdin(path: string): Uint8Array {
 }
 
 function runStep(inv: Invocation, step: Step): Promise<number> {
+  // On this machine, an exec step goes through /bin/sh, as the agent's do: the CLI's
+  // permission set may start /bin/sh but not every program (docs/cli.md, "Permissions").
+  const here = step.kind === "exec"
+    ? Step.fromJSON({ ...step.toJSON(), argv: execViaShell(step.argv) })
+    : step;
   return fleet<RunOutput>(inv, async (host, executor, signal) => {
-    const output = await executor.runStreaming(step, inv.output.sinkFor(host.name), { signal });
+    const output = await executor.runStreaming(
+      host.transport === "local" ? here : step,
+      inv.output.sinkFor(host.name),
+      { signal },
+    );
     const verdict = verdictOfRun(output);
     await inv.output.event({ type: "exit", ...output, host: host.name, status: verdict.status });
     return { value: output, verdict };

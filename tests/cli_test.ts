@@ -131,6 +131,36 @@ Deno.test("cli local: run and sh stream lines prefixed with host and stream; exi
   ], { stdin: "from stdin\n" });
   assertEquals(run.code, 0, run.stderr);
   assertEquals(run.stdout, "local  out  two words|--not-an-option|/tmp\nlocal  out  from stdin\n");
+
+  // Any program, though the permission set names /bin/sh and not it: through the shell, argv exact.
+  const echo = await cli([
+    "run",
+    "local",
+    "--allow",
+    "test.*",
+    "-a",
+    "test.echo",
+    "--",
+    "/bin/echo",
+    "a  b",
+    "$HOME",
+  ]);
+  assertEquals([echo.code, echo.stdout], [0, "local  out  a  b $HOME\n"], echo.stderr);
+  const missing = await cli([
+    "run",
+    "local",
+    "--allow",
+    "test.*",
+    "-a",
+    "test.nope",
+    "--",
+    "no-such-program-x",
+  ]);
+  assertEquals(missing.code, 127);
+  assertStringIncludes(
+    missing.stderr,
+    "local  err  ops-exec: no-such-program-x: command not found",
+  );
 });
 
 Deno.test("cli local: --json events of run and sh have the documented shapes", async () => {
