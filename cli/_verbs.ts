@@ -100,9 +100,13 @@ export function buildStep(args: VerbArgs): Step {
     if (args.rest.length === 0) throw new UsageError(verb, "no command after --");
     return Step.exec(action, args.rest, opts);
   }
-  const script = args.rest !== null && args.rest.length > 0
-    ? args.rest
-    : args.positionals.slice(-1);
+  if (args.rest === null && args.positionals.length < 2) {
+    throw new UsageError(
+      verb,
+      "give the TARGETs, then the script: ops-exec sh TARGET... -a A 'SCRIPT'",
+    );
+  }
+  const script = args.rest ?? args.positionals.slice(-1);
   if (script.length !== 1) {
     throw new UsageError(
       verb,

@@ -56,7 +56,7 @@ async function main(args: string[]): Promise<number> {
     }
     return await invoke(parsed);
   } catch (error) {
-    return await reportFatal(error, parsed?.verb ?? null, json);
+    return reportFatal(error, parsed?.verb ?? null, json);
   }
 }
 
@@ -127,7 +127,7 @@ async function invoke(args: VerbArgs): Promise<number> {
 }
 
 /** An error before (or instead of) any host's result: one line, the code for its kind. */
-async function reportFatal(error: unknown, verb: string | null, json: boolean): Promise<number> {
+function reportFatal(error: unknown, verb: string | null, json: boolean): number {
   let code: number = EXIT.error;
   let kind = "error";
   if (error instanceof UsageError || error instanceof TargetError || error instanceof StepError) {
@@ -162,7 +162,6 @@ async function reportFatal(error: unknown, verb: string | null, json: boolean): 
     // Not one of ours: keep the stack for the bug report.
     console.error(error instanceof Error ? error.stack : error);
   }
-  await Promise.resolve();
   return code;
 }
 
