@@ -80,6 +80,11 @@ hosts = ["here", "box", "ag", "gone"]
 globalThis.addEventListener("unload", () => {
   if (skip) return;
   try {
+    agent!.child.kill("SIGKILL");
+  } catch {
+    // Gone already.
+  }
+  try {
     Deno.removeSync(base, { recursive: true });
   } catch {
     // Removed already.
