@@ -6,6 +6,7 @@ import { Hono } from "npm:hono@^4.7.0";
 import type { Context } from "npm:hono@^4.7.0";
 import { StepError } from "../executor/errors.ts";
 import { baseEnvironment, homeDirectory } from "../executor/_env.ts";
+import { execViaShell } from "../executor/_exec_via_shell.ts";
 import { observeLocalHost } from "../executor/_observe.ts";
 import { type ProcessResult, runProcess } from "../executor/_spawn.ts";
 import type { HostObservation } from "../executor/types.ts";
@@ -47,19 +48,12 @@ import {
 export type AgentEnv = { Bindings: Deno.ServeHandlerInfo<Deno.NetAddr> };
 
 /**
- * Exec steps run through the shell too: under the agent's permission set
- * Deno may spawn only what its `run` scope names, and `/bin/sh` is the one
- * program every step needs. `"$@"` keeps the argv exact (no word splitting);
- * a missing program reads as it does with LocalExec.
+ * The argv the agent spawns for a step. Exec steps run through the shell
+ * too: under the agent's permission set Deno may spawn only what its `run`
+ * scope names, and `/bin/sh` is the one program every step needs.
  */
-const EXEC_WRAPPER =
-  'command -v -- "$1" >/dev/null 2>&1 || { printf "ops-exec: %s: command not found\\n" "$1" >&2; exit 127; }; exec "$@"';
-
-/** The argv the agent spawns for a step. */
 export function agentArgv(step: Step): string[] {
-  return step.kind === "shell"
-    ? [...step.argv]
-    : ["/bin/sh", "-c", EXEC_WRAPPER, "sh", ...step.argv];
+  return step.kind === "shell" ? [...step.argv] : execViaShell(step.argv);
 }
 
 /**

@@ -7,6 +7,22 @@
 
 import { CapabilityDenied, CapabilitySet, ConsoleSink, LocalExec, Step } from "../mod.ts";
 import { AgentRpc } from "../transports/rpc.ts";
+import { exampleArgs } from "./_args.ts";
+
+exampleArgs(
+  "demo.ts",
+  `Usage: deno task demo   (or: deno run -A examples/demo.ts)
+
+Runs ops-exec end to end on this machine, with nothing to configure: a gated
+step streamed line by line, an ungranted action refused before any process
+starts, an observation of the host; then the same through a real ops-agent on
+loopback, whose ceiling refuses what the caller would allow, and a push through
+its rsync tunnel. Takes no options.
+
+Options:
+  -h, --help   this help`,
+  {},
+);
 
 const caps = CapabilitySet.of("demo.*", "observe");
 await using exec = new LocalExec(caps, { host: "local" });
