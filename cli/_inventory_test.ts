@@ -3,14 +3,20 @@ import { ConfigError } from "../mod.ts";
 import { parseInventory, resolveTargets } from "./_inventory.ts";
 import { TargetError } from "./_target.ts";
 
+// SshExec checks that key and known_hosts files exist: give it real ones.
+const KEYS = Deno.makeTempDirSync({ prefix: "ops-exec-inventory-" });
+Deno.writeTextFileSync(`${KEYS}/deploy`, "");
+Deno.writeTextFileSync(`${KEYS}/known_hosts_ops`, "");
+globalThis.addEventListener("unload", () => Deno.removeSync(KEYS, { recursive: true }));
+
 const INVENTORY = `
 [hosts.web-1]
 transport = "ssh"
 address = "10.0.0.5"
 user = "deploy"
 port = 2222
-identity_file = "/home/me/.ssh/deploy"
-known_hosts_file = "/home/me/.ssh/known_hosts_ops"
+identity_file = "${KEYS}/deploy"
+known_hosts_file = "${KEYS}/known_hosts_ops"
 ssh_options = ["ProxyJump=bastion"]
 remote_supervisor = "sh"
 allow = ["sando.health"]
@@ -45,8 +51,8 @@ Deno.test("inventory: hosts and groups, each host's grant its own and its groups
     address: "10.0.0.5",
     user: "deploy",
     port: 2222,
-    identityFile: "/home/me/.ssh/deploy",
-    knownHostsFile: "/home/me/.ssh/known_hosts_ops",
+    identityFile: `${KEYS}/deploy`,
+    knownHostsFile: `${KEYS}/known_hosts_ops`,
     sshOptions: ["ProxyJump=bastion"],
     remoteSupervisor: "sh",
   });
