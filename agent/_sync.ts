@@ -7,6 +7,26 @@ import { isInsideRoot, normalizeRoot } from "../capability/path.ts";
 import { baseEnvironment } from "../executor/_env.ts";
 import { type ProcessResult, runProcess } from "../executor/_spawn.ts";
 import type { LogLine } from "../executor/types.ts";
+import type { RsyncFlavour } from "../transports/_agent_protocol.ts";
+import { askRsyncVersion } from "../transports/_rsync_flavour.ts";
+
+/**
+ * What the agent's rsync (`program`) is, from its `--version`; `null` (with
+ * a warning on stderr) when it cannot run it or does not know its words.
+ */
+export async function agentRsync(program: string): Promise<RsyncFlavour | null> {
+  try {
+    const answer = await askRsyncVersion(program);
+    if (answer.flavour) return answer.flavour;
+    console.error(
+      `ops-agent: warning: ${program} --version exited ${answer.exitCode} ` +
+        `without naming rsync or openrsync; /v1/sync will fail: ${answer.text.slice(0, 200)}`,
+    );
+  } catch (error) {
+    console.error(`ops-agent: warning: cannot run ${program}; /v1/sync will fail: ${error}`);
+  }
+  return null;
+}
 
 /** What a valid `rsync --server` vector asks for. */
 export interface SyncRequest {
