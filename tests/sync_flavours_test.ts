@@ -23,7 +23,8 @@ import { loopbackConfig, startAgentProcess } from "./_agent_process.ts";
 import { captureServerVector, OPENRSYNC, openrsyncHost, openrsyncMissing } from "./_openrsync.ts";
 import { WsClient, WsHandshakeError } from "../transports/_ws_client.ts";
 import { askRsyncVersion } from "../transports/_rsync_flavour.ts";
-import { exists } from "./_prereq.ts";
+import { exists, findProgram, missing, RSYNC } from "./_prereq.ts";
+import { remoteShellCommand, runRsync } from "../transports/_rsync.ts";
 import { sshdMissing, startSshd } from "./_sshd.ts";
 
 const REPO = new URL("../", import.meta.url).pathname;
@@ -477,5 +478,66 @@ Deno.test("ops-agent --check: agent.rsync must be a program the agent's permissi
     assertEquals(homebrew.code, 0, homebrew.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the tunnel's swapped stdio (openrsync's case) carries a large pull intact over a non-blocking socket", async () => {
+  const needs = missing(
+    [RSYNC === "/usr/bin/rsync", "rsync 3.x at /usr/bin/rsync"],
+    [findProgram("/usr/bin/perl") !== null, "perl (to make the socket non-blocking)"],
+  );
+  if (needs) return;
+  await Deno.mkdir("/tmp/ops-agent", { recursive: true });
+  const hostBase = await Deno.realPath(
+    await Deno.makeTempDir({ dir: "/tmp/ops-agent", prefix: "swapped-" }),
+  );
+  const root = `${hostBase}/root`;
+  const local = await tempBase("ops-exec-swapped-");
+  try {
+    const big = new Uint8Array(48 * 1024 * 1024);
+    for (let i = 0; i < big.length; i += 65536) crypto.getRandomValues(big.subarray(i, i + 65536));
+    await write(`${root}/big.bin`, big);
+    await using agent = await startAgentProcess(loopbackConfig({ ceiling: [`sync.pull:${root}`] }));
+    const flavour = (await askRsyncVersion(RSYNC!)).flavour!;
+    // What AgentRpc runs under openrsync, driven here by rsync 3.x (this
+    // openrsync cannot pull) with its socket made non-blocking, as
+    // openrsync's always is (perl sets O_NONBLOCK on the tunnel's end, then
+    // execs it); a pull makes the tunnel write 48 MiB into it faster than
+    // rsync reads.
+    const nonBlocking = "for my $fh (*STDIN, *STDERR) { " +
+      "fcntl($fh, F_SETFL, fcntl($fh, F_GETFL, 0) | O_NONBLOCK) or die $! } " +
+      'exec { $ARGV[0] } @ARGV or die "exec: $!"';
+    const remoteShell = await remoteShellCommand([
+      "/usr/bin/perl",
+      "-MFcntl",
+      "-e",
+      nonBlocking,
+      Deno.execPath(),
+      "run",
+      "--quiet",
+      "--no-prompt",
+      `--allow-net=${new URL(agent.url).host}`,
+      `--config=${REPO}deno.json`,
+      new URL("../transports/sync_tunnel.ts", import.meta.url).href,
+      `--url=${agent.url}`,
+      "--stdio=swapped",
+    ], { local: flavour, scriptDir: local, name: "tunnel", swapStdio: true });
+    const pulled = await runRsync({
+      host: "agent",
+      action: "sync.pull",
+      localPath: `${local}/back/`,
+      remotePath: `${root}/`,
+      remotePrefix: "ops-agent:",
+      program: RSYNC!,
+      local: flavour,
+      remote: flavour,
+      remoteShell,
+      extraArgs: ["--old-args"],
+    }, {});
+    assertEquals(pulled.literalBytes, big.length);
+    assertEquals(await files(`${local}/back`), await files(root), "every byte arrived, once");
+  } finally {
+    await Deno.remove(hostBase, { recursive: true }).catch(() => {});
+    await Deno.remove(local, { recursive: true });
   }
 });
