@@ -541,3 +541,39 @@ Deno.test("the tunnel's swapped stdio (openrsync's case) carries a large pull in
     await Deno.remove(local, { recursive: true });
   }
 });
+
+flavourTest(
+  "AgentRpc under openrsync: concurrent transfers share the tunnel script; close() removes it",
+  async () => {
+    await Deno.mkdir("/tmp/ops-agent", { recursive: true });
+    const hostBase = await Deno.realPath(
+      await Deno.makeTempDir({ dir: "/tmp/ops-agent", prefix: "concurrent-" }),
+    );
+    const root = `${hostBase}/root`;
+    await Deno.mkdir(root);
+    const base = await tempBase("ops-exec-concurrent-");
+    try {
+      await write(`${base}/src/a.txt`, "alpha");
+      await using agent = await startAgentProcess(
+        loopbackConfig({ ceiling: [`sync.push:${root}`, `sync.pull:${root}`] }),
+      );
+      const caps = CapabilitySet.of(`sync.push:${root}`, `sync.pull:${root}`);
+      const exec = new AgentRpc({ url: agent.url, rsyncProgram: OPENRSYNC! }, caps);
+      const before = new Set([...Deno.readDirSync("/tmp")].map((e) => e.name));
+      const results = await Promise.all(
+        Array.from({ length: 4 }, (_, i) => exec.push(`${base}/src/`, `${root}/c${i}/new/`)),
+      );
+      assertEquals(results.map((r) => r.filesTransferred), [1, 1, 1, 1]);
+      const made = [...Deno.readDirSync("/tmp")].map((e) => e.name)
+        .filter((name) => !before.has(name) && name.startsWith("oe-rpc-"));
+      assertEquals(made.length, 1, "one private directory");
+      const scripts = [...Deno.readDirSync(`/tmp/${made[0]}`)].map((e) => e.name);
+      assertEquals(scripts.length, 1, `one script for one set of words: ${scripts}`);
+      await exec.close();
+      assertFalse(await exists(`/tmp/${made[0]}`));
+    } finally {
+      await Deno.remove(hostBase, { recursive: true }).catch(() => {});
+      await Deno.remove(base, { recursive: true });
+    }
+  },
+);

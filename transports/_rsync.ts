@@ -293,10 +293,21 @@ export async function remoteShellCommand(
         `directory without white space for it (${JSON.stringify(dir)})`,
     );
   }
-  const path = `${dir}/${opts.name ?? "rsh"}`;
-  await Deno.writeTextFile(path, remoteShellScript(words, opts.swapStdio === true), {
-    mode: 0o600,
-  });
+  const script = remoteShellScript(words, opts.swapStdio === true);
+  // Named by its content and written once, atomically: transfers running at
+  // once (a push with --mkpath, a pull without) never see each other's
+  // script half written.
+  const digest = new Uint8Array(
+    await crypto.subtle.digest("SHA-256", new TextEncoder().encode(script)),
+  );
+  const hash = [...digest.slice(0, 6)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  const path = `${dir}/${opts.name ?? "rsh"}-${hash}`;
+  const exists = await Deno.lstat(path).then(() => true, () => false);
+  if (!exists) {
+    const partial = `${path}.${crypto.randomUUID().slice(0, 8)}`;
+    await Deno.writeTextFile(partial, script, { mode: 0o600 });
+    await Deno.rename(partial, path);
+  }
   return `/bin/sh ${path}`;
 }
 

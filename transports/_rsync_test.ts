@@ -159,9 +159,17 @@ Deno.test("remote shells: plain words joined, quoted for rsync and Apple's, a sc
       rsyncRemoteShell(spaced[0], spaced.slice(1)),
     );
     const command = await remoteShellCommand(spaced, { local: OPEN, scriptDir: dir });
-    assertEquals(command, `/bin/sh ${dir}/rsh`);
+    assert(command.startsWith(`/bin/sh ${dir}/rsh-`), command);
     assertFalse(/\s/.test(command.split(" ")[1]), "two words without white space");
-    assertEquals(await Deno.readTextFile(`${dir}/rsh`), remoteShellScript(spaced, false));
+    assertEquals(await Deno.readTextFile(command.split(" ")[1]), remoteShellScript(spaced, false));
+    // The same words, the same script; other words, another (never rewritten under a reader).
+    assertEquals(await remoteShellCommand(spaced, { local: OPEN, scriptDir: dir }), command);
+    const other = await remoteShellCommand([...spaced, "--mkpath"], {
+      local: OPEN,
+      scriptDir: dir,
+    });
+    assert(other !== command);
+    assertEquals(await Deno.readTextFile(command.split(" ")[1]), remoteShellScript(spaced, false));
     // The script runs exactly these words, then rsync's own.
     const echo = await remoteShellCommand(["/usr/bin/printf", "[%s]", "a b", `it's "q"`], {
       local: OPEN,

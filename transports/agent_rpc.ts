@@ -117,7 +117,7 @@ export class AgentRpc implements Executor {
   #client: Deno.HttpClient | null = null;
   #localRsync: Promise<RsyncFlavour> | null = null;
   #agentRsync: Promise<RsyncFlavour> | null = null;
-  #scriptDir: string | null = null;
+  #scriptDir: Promise<string> | null = null;
 
   /**
    * Creates a client for one agent. Nothing is connected until the first call.
@@ -417,7 +417,9 @@ export class AgentRpc implements Executor {
     this.#client = null;
     const dir = this.#scriptDir;
     this.#scriptDir = null;
-    if (dir !== null) await Deno.remove(dir, { recursive: true }).catch(() => {});
+    if (dir !== null) {
+      await dir.then((path) => Deno.remove(path, { recursive: true })).catch(() => {});
+    }
   }
 
   /** Same as {@linkcode AgentRpc.close}. */
@@ -512,12 +514,19 @@ export class AgentRpc implements Executor {
             `"rsync": null): install rsync on that host, or set agent.rsync in its config`,
         );
       }
-      if (body.rsync.kind !== "rsync" && body.rsync.kind !== "openrsync") {
+      const rsync = body.rsync as Partial<RsyncFlavour>;
+      if (
+        (rsync.kind !== "rsync" && rsync.kind !== "openrsync") ||
+        typeof rsync.version !== "string" || typeof rsync.protocol !== "number" ||
+        typeof rsync.apple !== "boolean"
+      ) {
         throw this.#protocol(
-          `the agent's /v1/health names an unknown rsync: ${JSON.stringify(body.rsync)}`,
+          `the agent's /v1/health names an rsync ops-exec cannot read: ${
+            JSON.stringify(body.rsync)
+          }`,
         );
       }
-      return body.rsync;
+      return rsync as RsyncFlavour;
     })();
     asked.catch(() => {
       if (this.#agentRsync === asked) this.#agentRsync = null;
@@ -526,9 +535,12 @@ export class AgentRpc implements Executor {
   }
 
   /** A private directory for the remote-shell script (created once, removed by close()). */
-  async #scriptDirectory(): Promise<string> {
-    this.#scriptDir ??= await Deno.makeTempDir({ dir: "/tmp", prefix: "oe-rpc-" });
-    return this.#scriptDir;
+  #scriptDirectory(): Promise<string> {
+    const made = this.#scriptDir ??= Deno.makeTempDir({ dir: "/tmp", prefix: "oe-rpc-" });
+    made.catch(() => {
+      if (this.#scriptDir === made) this.#scriptDir = null;
+    });
+    return made;
   }
 
   /**
