@@ -21,6 +21,7 @@ import {
   NDJSON_TYPE,
   PATHS,
   PROTOCOL_VERSION,
+  type RsyncFlavour,
 } from "../transports/_agent_protocol.ts";
 import type { AgentConfig } from "./config.ts";
 import { AuditLog, type AuditRecord, stepDigest } from "./_audit.ts";
@@ -36,6 +37,7 @@ import { EventStream, LineBatcher } from "./_stream.ts";
 import { type CallerIdentity, summarize } from "./_whois.ts";
 import { AGENT_VERSION } from "./_version.ts";
 import {
+  agentRsync,
   parseSyncRequest,
   resolvedInsideGrant,
   resolvePaths,
@@ -95,14 +97,22 @@ export class AgentCore {
   readonly audit: AuditLog;
   readonly provider: IdentityProvider;
   readonly version: string;
+  /** The rsync `/v1/sync` runs (`agent.rsync`), as its `--version` told at start; `null` if none runs. */
+  readonly rsync: RsyncFlavour | null;
   readonly #runs = new Set<HeldSlot>();
   #stopping: string | null = null;
 
-  private constructor(config: AgentConfig, audit: AuditLog, provider: IdentityProvider) {
+  private constructor(
+    config: AgentConfig,
+    audit: AuditLog,
+    provider: IdentityProvider,
+    rsync: RsyncFlavour | null,
+  ) {
     this.config = config;
     this.audit = audit;
     this.provider = provider;
     this.version = AGENT_VERSION;
+    this.rsync = rsync;
     this.app = this.#routes();
   }
 
@@ -115,7 +125,8 @@ export class AgentCore {
   /** Opens the audit log and the identity provider for `config`. */
   static async create(config: AgentConfig): Promise<AgentCore> {
     const audit = await AuditLog.open(config.agent.auditLog);
-    return new AgentCore(config, audit, createIdentityProvider(config.identity));
+    const rsync = await agentRsync(config.agent.rsync);
+    return new AgentCore(config, audit, createIdentityProvider(config.identity), rsync);
   }
 
   /** Steps (and later transfers) running now. */
@@ -147,7 +158,12 @@ export class AgentCore {
       PATHS.health,
       (c) =>
         c.json(
-          { ok: true, version: this.version, protocol: PROTOCOL_VERSION } satisfies HealthBody,
+          {
+            ok: true,
+            version: this.version,
+            protocol: PROTOCOL_VERSION,
+            rsync: this.rsync,
+          } satisfies HealthBody,
         ),
     );
     app.get(PATHS.capabilities, (c) => this.#capabilities(c));
@@ -375,7 +391,9 @@ export class AgentCore {
       abort.abort();
     };
     const target = `${resolved}${request.trailingSlash && resolved !== "/" ? "/" : ""}`;
-    void runSyncTunnel(socket, ["rsync", ...request.argv, target], { signal: abort.signal })
+    void runSyncTunnel(socket, [this.config.agent.rsync, ...request.argv, target], {
+      signal: abort.signal,
+    })
       .then(async (ended) => {
         const result = ended.result;
         await this.auditLine(ctx, {

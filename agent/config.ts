@@ -27,6 +27,13 @@ export interface AgentSection {
   readonly maxConcurrent: number;
   /** The largest request body accepted before answering 413 (`max_request_bytes`, default 4 MiB). */
   readonly maxRequestBytes: number;
+  /**
+   * The rsync that `/v1/sync` runs (`rsync`): an absolute path inside the
+   * run scope of the agent's permission set, or by default `rsync` found on
+   * the agent's PATH. rsync 3.x or openrsync (the agent tells clients which,
+   * in `/v1/health`).
+   */
+  readonly rsync: string;
 }
 
 /** `[identity]` with `provider = "tailscale"`. */
@@ -74,6 +81,8 @@ export interface AgentConfig {
 
 /** The default `max_concurrent`. */
 export const DEFAULT_MAX_CONCURRENT = 16;
+/** The default `rsync`: found on the agent's PATH. */
+export const DEFAULT_RSYNC = "rsync";
 /** The default `max_request_bytes` (4 MiB). */
 export const DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024;
 /** tailscaled's socket on Linux. */
@@ -161,6 +170,7 @@ export function configFromObject(value: unknown): AgentConfig {
     "audit_log",
     "max_concurrent",
     "max_request_bytes",
+    "rsync",
   ]));
   const identity = readIdentity(table(required(root, "identity", ""), "identity", [
     "provider",
@@ -195,6 +205,7 @@ function readAgent(t: Record<string, unknown>): AgentSection {
       DEFAULT_MAX_CONCURRENT,
     maxRequestBytes: integer(t.max_request_bytes, "agent.max_request_bytes", 1024, 2 ** 28) ??
       DEFAULT_MAX_REQUEST_BYTES,
+    rsync: t.rsync === undefined ? DEFAULT_RSYNC : absolutePath(t.rsync, "agent.rsync"),
   });
 }
 

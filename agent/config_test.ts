@@ -4,6 +4,7 @@ import {
   configFromObject,
   DEFAULT_MAX_CONCURRENT,
   DEFAULT_MAX_REQUEST_BYTES,
+  DEFAULT_RSYNC,
   LINUX_TAILSCALED_SOCKET,
   parseConfig,
 } from "./config.ts";
@@ -150,4 +151,16 @@ Deno.test("config: TOML errors and TOML types are reported, never half-read", ()
   );
   assertEquals(typo.key, "grants");
   assert(typo.message.includes('did you mean "grant"'));
+});
+
+Deno.test("config: agent.rsync names the rsync /v1/sync runs: an absolute path, default rsync on the PATH", () => {
+  assertEquals(configFromObject(minimal()).agent.rsync, DEFAULT_RSYNC);
+  const homebrew = minimal();
+  (homebrew.agent as Record<string, unknown>).rsync = "/opt/homebrew/bin/rsync";
+  assertEquals(configFromObject(homebrew).agent.rsync, "/opt/homebrew/bin/rsync");
+  for (const bad of ["rsync", "bin/rsync", 3]) {
+    const config = minimal();
+    (config.agent as Record<string, unknown>).rsync = bad;
+    assertEquals(keyOf(() => configFromObject(config)), "agent.rsync");
+  }
 });

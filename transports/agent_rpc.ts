@@ -22,6 +22,7 @@ import type { Step } from "../step/step.ts";
 import {
   type CapabilitiesBody,
   type ErrorBody,
+  type HealthBody,
   HEARTBEAT_HEADER,
   NDJSON_TYPE,
   parseRefusal,
@@ -29,7 +30,15 @@ import {
   type RunEvent,
   type SyncRefusal,
 } from "./_agent_protocol.ts";
-import { gateSync, rsyncRemoteShell, runRsync } from "./_rsync.ts";
+import {
+  checkRsyncProgram,
+  gateSync,
+  mkpathPlan,
+  probeLocalRsync,
+  remoteShellCommand,
+  runRsync,
+} from "./_rsync.ts";
+import { givesNonBlockingStdio, protectsRemoteArgs, type RsyncFlavour } from "./_rsync_flavour.ts";
 
 /** Where the agent is, and how to reach it. */
 export interface AgentRpcOptions {
@@ -65,6 +74,15 @@ export interface AgentRpcOptions {
    * fails with `TransportError` `timeout`. Default 5 000 ms; at least 500.
    */
   timeoutMarginMs?: number;
+  /**
+   * The local rsync program for push/pull, a name (looked up on the base
+   * PATH) or a path. Default `rsync`: on macOS the base PATH puts
+   * Homebrew's `/opt/homebrew/bin` (Apple silicon) and `/usr/local/bin`
+   * (Intel) before `/usr/bin`, so this is Homebrew's rsync 3.x when it is
+   * installed, else the system's `/usr/bin/rsync`, which since macOS 15 is
+   * openrsync. Both work; see docs/protocol.md for what differs.
+   */
+  rsyncProgram?: string;
 }
 
 /**
@@ -101,7 +119,11 @@ export class AgentRpc implements Executor {
   readonly #connectTimeoutMs: number;
   readonly #idleTimeoutMs: number;
   readonly #timeoutMarginMs: number;
+  readonly #rsyncProgram: string;
   #client: Deno.HttpClient | null = null;
+  #localRsync: Promise<RsyncFlavour> | null = null;
+  #agentRsync: Promise<RsyncFlavour> | null = null;
+  #scriptDir: Promise<string> | null = null;
 
   /**
    * Creates a client for one agent. Nothing is connected until the first call.
@@ -121,6 +143,7 @@ export class AgentRpc implements Executor {
     this.#connectTimeoutMs = opts.connectTimeoutMs ?? 30_000;
     this.#idleTimeoutMs = Math.max(1500, opts.idleTimeoutMs ?? 45_000);
     this.#timeoutMarginMs = Math.max(500, opts.timeoutMarginMs ?? 5_000);
+    this.#rsyncProgram = checkRsyncProgram(opts.rsyncProgram);
   }
 
   /** The caller-side grant this executor is scoped to. */
@@ -359,7 +382,9 @@ export class AgentRpc implements Executor {
    * its ceiling.
    *
    * Needs permission to run `rsync` and this Deno (`Deno.execPath()`): rsync's
-   * remote shell is the tunnel program `sync_tunnel.ts`, run by Deno.
+   * remote shell is the tunnel program `sync_tunnel.ts`, run by Deno. With
+   * openrsync as the local rsync, also to write a small remote-shell script
+   * to a private directory under `/tmp` (removed by `close()`).
    *
    * @throws {CapabilityDenied} Scope `caller` before anything starts; scope `agent` when the agent refuses.
    * @throws {TransportError} `sync_failed` with rsync's words, `unknown_peer`, `unreachable`, `timeout`.
@@ -383,11 +408,18 @@ export class AgentRpc implements Executor {
     return this.#sync("sync.push", localPath, remotePath, opts);
   }
 
-  /** Closes the pooled HTTP connections. Idempotent; a later call opens new ones. */
-  close(): Promise<void> {
+  /**
+   * Closes the pooled HTTP connections and removes the remote-shell script
+   * directory, if one was made. Idempotent; a later call opens new ones.
+   */
+  async close(): Promise<void> {
     this.#client?.close();
     this.#client = null;
-    return Promise.resolve();
+    const dir = this.#scriptDir;
+    this.#scriptDir = null;
+    if (dir !== null) {
+      await dir.then((path) => Deno.remove(path, { recursive: true })).catch(() => {});
+    }
   }
 
   /** Same as {@linkcode AgentRpc.close}. */
@@ -402,16 +434,44 @@ export class AgentRpc implements Executor {
     opts: SyncOpts,
   ): Promise<SyncResult> {
     const target = gateSync(this.#caps, action, remotePath, this.host);
+    opts.signal?.throwIfAborted();
     try {
+      const [local, remote] = await Promise.all([this.#localFlavour(), this.#agentFlavour()]);
+      const plan = mkpathPlan(action, local, remote);
+      // The tunnel is a Deno program, whose stdout must be a blocking
+      // descriptor: rsync 3.x gives one with --blocking-io; openrsync cannot,
+      // so the tunnel then writes rsync's bytes on stderr (swapped stdio).
+      const swapStdio = givesNonBlockingStdio(local);
+      const words = tunnelWords(this.#base, this.#localAddress, {
+        mkpath: action === "sync.push" && plan === "inject",
+        swapStdio,
+      });
       return await runRsync({
         host: this.host,
         action,
         localPath,
         remotePath: target,
         remotePrefix: "ops-agent:",
-        remoteShell: tunnelCommand(this.#base, this.#localAddress),
-        // The tunnel is a Deno program: its stdout must be a blocking descriptor.
-        extraArgs: ["--blocking-io"],
+        program: this.#rsyncProgram,
+        local,
+        remote,
+        mkpath: plan === "option",
+        remoteShell: await remoteShellCommand(words, {
+          local,
+          scriptDir: local.kind === "openrsync" ? await this.#scriptDirectory() : undefined,
+          name: "tunnel",
+          swapStdio,
+          key: "url",
+        }),
+        // openrsync's own default command on the other end may be
+        // `openrsync`; the agent runs `rsync --server` vectors only.
+        rsyncPath: local.kind === "openrsync" ? "rsync" : undefined,
+        extraArgs: [
+          ...(swapStdio ? [] : ["--blocking-io"]),
+          // rsync 3.2.4+ escapes the remote path for a remote login shell;
+          // the tunnel is none (it passes the words as they are).
+          ...(protectsRemoteArgs(local) ? ["--old-args"] : []),
+        ],
       }, opts);
     } catch (error) {
       const refusal = error instanceof TransportError && error.kind === "sync_failed"
@@ -428,6 +488,59 @@ export class AgentRpc implements Executor {
       const body = typeof refusal.body === "string" ? refusal.body : JSON.stringify(refusal.body);
       throw await this.#errorFor(new Response(body, { status: refusal.status }), action);
     }
+  }
+
+  /** What the local rsync is (asked once). */
+  #localFlavour(): Promise<RsyncFlavour> {
+    const probe = this.#localRsync ??= probeLocalRsync(this.#rsyncProgram, this.host);
+    probe.catch(() => {
+      if (this.#localRsync === probe) this.#localRsync = null;
+    });
+    return probe;
+  }
+
+  /** What the agent's rsync is, from its `/v1/health` (asked once). */
+  #agentFlavour(): Promise<RsyncFlavour> {
+    const asked = this.#agentRsync ??= (async () => {
+      const response = await this.#fetch(PATHS.health, { method: "GET" });
+      if (!response.ok) throw await this.#errorFor(response);
+      const body = await this.#json(response) as Partial<HealthBody> | null;
+      if (body?.rsync === undefined) return ASSUMED_AGENT_RSYNC;
+      if (body.rsync === null) {
+        throw new TransportError(
+          "sync_failed",
+          this.host,
+          `the agent at ${this.#base.origin} has no rsync it may run (its /v1/health says ` +
+            `"rsync": null): install rsync on that host, or set agent.rsync in its config`,
+        );
+      }
+      const rsync = body.rsync as Partial<RsyncFlavour>;
+      if (
+        (rsync.kind !== "rsync" && rsync.kind !== "openrsync") ||
+        typeof rsync.version !== "string" || typeof rsync.protocol !== "number" ||
+        typeof rsync.apple !== "boolean"
+      ) {
+        throw this.#protocol(
+          `the agent's /v1/health names an rsync ops-exec cannot read: ${
+            JSON.stringify(body.rsync)
+          }`,
+        );
+      }
+      return rsync as RsyncFlavour;
+    })();
+    asked.catch(() => {
+      if (this.#agentRsync === asked) this.#agentRsync = null;
+    });
+    return asked;
+  }
+
+  /** A private directory for the remote-shell script (created once, removed by close()). */
+  #scriptDirectory(): Promise<string> {
+    const made = this.#scriptDir ??= Deno.makeTempDir({ dir: "/tmp", prefix: "oe-rpc-" });
+    made.catch(() => {
+      if (this.#scriptDir === made) this.#scriptDir = null;
+    });
+    return made;
   }
 
   /**
@@ -616,12 +729,27 @@ function reachability(error: unknown): string {
 }
 
 /**
- * rsync's remote shell for an agent: this Deno running the tunnel program,
- * allowed to reach the agent and nothing else. From a checkout, with the
- * package's own deno.json (its import map); from JSR, with none (the
- * published module carries its imports resolved).
+ * The agent's rsync when its `/v1/health` does not say: agents from before
+ * it did ran rsync 3.x and took `--mkpath`.
  */
-function tunnelCommand(base: URL, localAddress: string | undefined): string {
+const ASSUMED_AGENT_RSYNC: RsyncFlavour = {
+  kind: "rsync",
+  version: "3.2.3",
+  protocol: 31,
+  apple: false,
+};
+
+/**
+ * rsync's remote shell for an agent, as words: this Deno running the tunnel
+ * program, allowed to reach the agent and nothing else. From a checkout,
+ * with the package's own deno.json (its import map); from JSR, with none
+ * (the published module carries its imports resolved).
+ */
+function tunnelWords(
+  base: URL,
+  localAddress: string | undefined,
+  flags: { mkpath: boolean; swapStdio: boolean },
+): string[] {
   const program = new URL("./sync_tunnel.ts", import.meta.url);
   // Binding the source address is a net access of its own ("IP:0").
   const allowNet = [base.host];
@@ -633,7 +761,9 @@ function tunnelCommand(base: URL, localAddress: string | undefined): string {
   args.push(program.protocol === "file:" ? `--config=${config.pathname}` : "--no-config");
   args.push(program.href, `--url=${base.origin}`);
   if (localAddress !== undefined) args.push(`--local-address=${localAddress}`);
-  return rsyncRemoteShell(Deno.execPath(), args, "url");
+  if (flags.mkpath) args.push("--mkpath");
+  if (flags.swapStdio) args.push("--stdio=swapped");
+  return [Deno.execPath(), ...args];
 }
 
 /** The tunnel's refusal report among rsync's stderr lines, if there is one. */

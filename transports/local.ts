@@ -13,12 +13,28 @@ import type {
   SyncResult,
 } from "../executor/types.ts";
 import type { Step } from "../step/step.ts";
-import { gateSync, runRsync } from "./_rsync.ts";
+import {
+  checkRsyncProgram,
+  gateSync,
+  mkpathPlan,
+  probeLocalRsync,
+  pushDirectory,
+  runRsync,
+} from "./_rsync.ts";
+import type { RsyncFlavour } from "./_rsync_flavour.ts";
 
 /** Options of {@linkcode LocalExec}. */
 export interface LocalExecOptions {
   /** The name results and errors give this host. Default `localhost`. */
   host?: string;
+  /**
+   * The rsync program for push/pull, a name (looked up on the base PATH) or
+   * a path. Default `rsync`: on macOS the base PATH puts Homebrew's
+   * `/opt/homebrew/bin` (Apple silicon) and `/usr/local/bin` (Intel) before
+   * `/usr/bin`, so this is Homebrew's rsync 3.x when it is installed, else
+   * the system's `/usr/bin/rsync`, which since macOS 15 is openrsync.
+   */
+  rsyncProgram?: string;
 }
 
 /**
@@ -42,16 +58,20 @@ export class LocalExec implements Executor {
   /** The name of this host in results and errors. */
   readonly host: string;
   readonly #caps: CapabilitySet;
+  readonly #rsyncProgram: string;
+  #rsync: Promise<RsyncFlavour> | null = null;
 
   /**
    * An executor for this machine, scoped to `caps`.
    *
    * @param caps The caller-side grant every call is checked against.
-   * @param opts The host name to report.
+   * @param opts The host name to report, the rsync to use.
+   * @throws {ConfigError} When `rsyncProgram` is not a one-line string.
    */
   constructor(caps: CapabilitySet, opts: LocalExecOptions = {}) {
     this.#caps = caps;
     this.host = opts.host ?? "localhost";
+    this.#rsyncProgram = checkRsyncProgram(opts.rsyncProgram);
   }
 
   /** The caller-side grant this executor is scoped to. */
@@ -124,6 +144,29 @@ export class LocalExec implements Executor {
     opts: SyncOpts,
   ): Promise<SyncResult> {
     const target = gateSync(this.#caps, action, remotePath, this.host);
-    return await runRsync({ host: this.host, action, localPath, remotePath: target }, opts);
+    opts.signal?.throwIfAborted();
+    const probe = this.#rsync ??= probeLocalRsync(this.#rsyncProgram, this.host);
+    probe.catch(() => {
+      if (this.#rsync === probe) this.#rsync = null;
+    });
+    const flavour = await probe;
+    // Both ends are this program (openrsync runs its receiver as
+    // `--rsync-path`, else `rsync` from the PATH).
+    const plan = mkpathPlan(action, flavour, flavour);
+    if (action === "sync.push" && plan === "none" && !opts.dryRun) {
+      const dir = pushDirectory(this.#caps, target);
+      if (dir !== null) await Deno.mkdir(dir, { recursive: true });
+    }
+    return await runRsync({
+      host: this.host,
+      action,
+      localPath,
+      remotePath: target,
+      program: this.#rsyncProgram,
+      local: flavour,
+      remote: flavour,
+      mkpath: plan === "option",
+      rsyncPath: flavour.kind === "openrsync" ? this.#rsyncProgram : undefined,
+    }, opts);
   }
 }

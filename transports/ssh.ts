@@ -14,7 +14,16 @@ import type {
   SyncResult,
 } from "../executor/types.ts";
 import type { Step } from "../step/step.ts";
-import { gateSync, rsyncRemoteShell, runRsync } from "./_rsync.ts";
+import {
+  checkRsyncProgram,
+  gateSync,
+  mkpathPlan,
+  probeLocalRsync,
+  pushDirectory,
+  remoteShellCommand,
+  runRsync,
+} from "./_rsync.ts";
+import { BASELINE_RSYNC, parseRsyncVersion, type RsyncFlavour } from "./_rsync_flavour.ts";
 import {
   checkFileExists,
   checkSshOptions,
@@ -86,6 +95,16 @@ export interface SshExecOptions {
    * where a long-lived session is not wanted.
    */
   sessionPerStep?: boolean;
+  /**
+   * The local rsync program for push/pull, a name (looked up on the base
+   * PATH) or a path. Default `rsync`: on macOS the base PATH puts
+   * Homebrew's `/opt/homebrew/bin` (Apple silicon) and `/usr/local/bin`
+   * (Intel) before `/usr/bin`, so this is Homebrew's rsync 3.x when it is
+   * installed, else the system's `/usr/bin/rsync`, which since macOS 15 is
+   * openrsync. The remote side runs the `rsync` its account's PATH finds.
+   * Either end may be rsync 3.x or openrsync (see docs/ssh.md).
+   */
+  rsyncProgram?: string;
 }
 
 /** The default of {@linkcode SshExecOptions.persistSeconds}. */
@@ -136,8 +155,11 @@ export class SshExec implements Executor {
   readonly #program: string;
   readonly #supervisor: RemoteSupervisor;
   readonly #sessionPerStep: boolean;
+  readonly #rsyncProgram: string;
   #resolved: "perl" | "sh" = "sh";
   #facts: SshFacts | null = null;
+  #localRsync: Promise<RsyncFlavour> | null = null;
+  #remoteRsync: Promise<RsyncFlavour> | null = null;
   #controlDir: string | null = null;
   #master: Promise<void> | null = null;
   #session: SshSession | null = null;
@@ -197,6 +219,7 @@ export class SshExec implements Executor {
     }
     this.#supervisor = supervisor;
     this.#sessionPerStep = opts.sessionPerStep ?? false;
+    this.#rsyncProgram = checkRsyncProgram(opts.rsyncProgram);
     this.host = this.#target.host;
     this.#caps = caps;
   }
@@ -321,6 +344,7 @@ export class SshExec implements Executor {
     if (dir === null) return;
     this.#controlDir = null;
     this.#master = null;
+    this.#remoteRsync = null;
     await this.#control("exit", dir).catch(() => {});
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
@@ -660,18 +684,120 @@ export class SshExec implements Executor {
     this.#active++;
     try {
       await this.#connect(opts.signal);
+      const [local, remote] = await Promise.all([this.#localFlavour(), this.#remoteFlavour()]);
+      const plan = mkpathPlan(action, local, remote);
+      if (action === "sync.push" && plan === "none" && !opts.dryRun) {
+        await this.#makeRemoteDirectory(target, opts.signal);
+      }
       return await runRsync({
         host: this.host,
         action,
         localPath,
         remotePath: target,
         remotePrefix: `${rsyncHost(this.host)}:`,
-        remoteShell: rsyncRemoteShell(this.#program, this.#sshArgs()),
+        remoteShellParsesPath: true,
+        program: this.#rsyncProgram,
+        local,
+        remote,
+        mkpath: plan === "option",
+        remoteShell: await remoteShellCommand([this.#program, ...this.#sshArgs()], {
+          local,
+          scriptDir: this.#controlDir!,
+        }),
+        // What the remote account's PATH finds, as probed; with --mkpath
+        // added where the receiver knows it and the local rsync cannot send it.
+        rsyncPath: plan === "inject"
+          ? "rsync --mkpath"
+          : local.kind === "openrsync"
+          ? "rsync"
+          : undefined,
         env: this.#sshEnvironment(),
       }, opts);
     } finally {
       this.#active--;
       this.#lastUse = Date.now();
+    }
+  }
+
+  /** What the local rsync is (asked once). */
+  #localFlavour(): Promise<RsyncFlavour> {
+    const probe = this.#localRsync ??= probeLocalRsync(this.#rsyncProgram, this.host);
+    probe.catch(() => {
+      if (this.#localRsync === probe) this.#localRsync = null;
+    });
+    return probe;
+  }
+
+  /**
+   * What `rsync` is on the remote account's PATH, found the way rsync's own
+   * `rsync --server` is (a command over the master, through the login
+   * shell). Asked once per master.
+   */
+  #remoteFlavour(): Promise<RsyncFlavour> {
+    const probe = this.#remoteRsync ??= this.#probeRemoteRsync();
+    probe.catch(() => {
+      if (this.#remoteRsync === probe) this.#remoteRsync = null;
+    });
+    return probe;
+  }
+
+  async #probeRemoteRsync(): Promise<RsyncFlavour> {
+    const lines: LogLine[] = [];
+    const result = await runProcess({
+      argv: [this.#program, ...this.#sshArgs(), "--", this.host, "rsync --version"],
+      env: this.#sshEnvironment(),
+      killGraceMs: 1000,
+      timeoutMs: OBSERVE_TIMEOUT_MS,
+      ownSession: false,
+    }, { write: (line) => void lines.push(line) });
+    const text = lines.map((line) => line.text).join("\n");
+    const flavour = parseRsyncVersion(text);
+    if (flavour) return flavour;
+    const stderr = lines.filter((l) => l.stream === "stderr").map((l) => l.text).join("\n");
+    if (result.exitCode === 255) throw sshFailure(this.#target, stderr, "step");
+    if (result.exitCode === 127 || /not found/i.test(stderr)) {
+      throw new TransportError(
+        "sync_failed",
+        this.host,
+        `the remote account has no rsync on its PATH: install rsync on ${this.host}` +
+          `${stderr ? ` (${stderr.split("\n").slice(-1)[0]})` : ""}`,
+        { detail: text },
+      );
+    }
+    // An rsync that answers in words we do not know: assume the oldest 3.x.
+    return BASELINE_RSYNC;
+  }
+
+  /**
+   * For a receiver that cannot create missing parents (no --mkpath): makes
+   * the gated target directory (or its parent, where the same grant covers
+   * it) with `mkdir -p`, as a step over the master.
+   */
+  async #makeRemoteDirectory(target: string, signal?: AbortSignal): Promise<void> {
+    const dir = pushDirectory(this.#caps, target);
+    if (dir === null) return;
+    const stderr: string[] = [];
+    const out = await this.#runRemote("sync.push", {
+      argv: ["mkdir", "-p", "--", dir],
+      env: {},
+      timeoutMs: OBSERVE_TIMEOUT_MS,
+      killGraceMs: 1000,
+    }, {
+      write(line: LogLine) {
+        if (line.stream === "stderr") stderr.push(line.text);
+      },
+    }, signal);
+    if (out.cancelled) throw signal?.reason;
+    if (!out.success) {
+      const detail = stderr.join("\n").trim();
+      throw new TransportError(
+        "sync_failed",
+        this.host,
+        `sync.push ${target}: cannot create ${dir} (${describeEnd(out)})${
+          detail ? `: ${detail.split("\n")[0]}` : ""
+        }`,
+        { detail },
+      );
     }
   }
 }
