@@ -24,7 +24,7 @@ import {
   type SessionRun,
   SshSession,
 } from "./_ssh_session.ts";
-import { sessionCommand } from "./_ssh_supervisor.ts";
+import { sessionCommand } from "./_ssh_remote.ts";
 
 const PERL = findProgram("/usr/bin/perl", "/usr/local/bin/perl", "/opt/homebrew/bin/perl");
 const HAS_PROC = (() => {

@@ -25,13 +25,21 @@ import {
 } from "./_ssh_args.ts";
 import { parseProbe, probeArgv } from "./_ssh_observe.ts";
 import { type SessionEnd, type SessionRun, SshSession } from "./_ssh_session.ts";
-import { sessionCommand } from "./_ssh_supervisor.ts";
+import {
+  connectCommand,
+  isCshFamily,
+  parseConnectProbe,
+  type RemoteFacts,
+  sessionCommand,
+  stepCommand,
+  supervisorProblem,
+} from "./_ssh_remote.ts";
 import {
   encodeFrame,
   KILL_REQUEST,
   newNonce,
-  remoteCommand,
   type RemoteSupervisor,
+  StartGate,
   TrailerStripper,
   wrapperFailure,
 } from "./_ssh_wrapper.ts";
@@ -126,6 +134,7 @@ export class SshExec implements Executor {
   readonly #supervisor: RemoteSupervisor;
   readonly #sessionPerStep: boolean;
   #resolved: "perl" | "sh" = "sh";
+  #facts: RemoteFacts | null = null;
   #controlDir: string | null = null;
   #master: Promise<void> | null = null;
   #session: SshSession | null = null;
@@ -335,16 +344,10 @@ export class SshExec implements Executor {
     await Deno.chmod(this.#controlDir, 0o700);
     const marker = newNonce();
     const lines: LogLine[] = [];
-    // One command proves the login shell runs commands, and finds out which
-    // supervisor the host can use.
+    // One command proves the login shell runs commands, names it, and finds
+    // out which supervisor the host can use.
     const result = await runProcess({
-      argv: [
-        this.#program,
-        ...this.#sshArgs(),
-        "--",
-        this.host,
-        `echo ${marker}; command -v perl >/dev/null 2>&1 && echo perl || echo sh`,
-      ],
+      argv: [this.#program, ...this.#sshArgs(), "--", this.host, connectCommand(marker)],
       env: this.#sshEnvironment(),
       killGraceMs: 1000,
       timeoutMs: CONNECT_TIMEOUT_MS,
@@ -358,10 +361,13 @@ export class SshExec implements Executor {
       );
     }
     const stdout = lines.filter((l) => l.stream === "stdout").map((l) => l.text);
-    const at = stdout.indexOf(marker);
-    if (at >= 0) {
-      const found = stdout[at + 1] === "perl" ? "perl" : "sh";
-      this.#resolved = this.#supervisor === "auto" ? found : this.#supervisor;
+    const facts = parseConnectProbe(stdout, marker);
+    if (facts) {
+      this.#checkLoginShell(facts);
+      this.#facts = facts;
+      this.#resolved = this.#supervisor === "auto"
+        ? (facts.perl ? "perl" : "sh")
+        : this.#supervisor;
       return;
     }
     const stderr = lines.filter((l) => l.stream === "stderr").map((l) => l.text).join("\n");
@@ -380,6 +386,19 @@ export class SshExec implements Executor {
       `the remote login shell did not run a plain command (exit ${result.exitCode}); ` +
         `SshExec needs a POSIX shell on the remote account`,
       { detail: stdout.join("\n") },
+    );
+  }
+
+  /** A csh reads none of SshExec's commands as meant: say so, by name, before anything runs. */
+  #checkLoginShell(facts: RemoteFacts): void {
+    if (!isCshFamily(facts.shell)) return;
+    const account = this.#target.user ?? "the remote account";
+    throw new TransportError(
+      "protocol",
+      this.host,
+      `the login shell of ${account} is ${facts.shell}, a csh; SshExec needs a POSIX login ` +
+        `shell (sh, bash, dash, ksh, zsh, ...) or fish on the remote account: give it one ` +
+        `(chsh -s /bin/sh${this.#target.user ? ` ${this.#target.user}` : ""})`,
     );
   }
 
@@ -416,6 +435,11 @@ export class SshExec implements Executor {
     sink: LogSink,
     signal?: AbortSignal,
   ): Promise<RunOutput> {
+    const problem = this.#facts && supervisorProblem(this.#supervisor, this.#facts);
+    if (problem) {
+      // Found when the master opened: nothing of the step is sent.
+      return Promise.reject(new TransportError("protocol", this.host, problem));
+    }
     return this.#resolved === "perl" && !this.#sessionPerStep
       ? this.#runInSession(action, run, sink, signal)
       : this.#runOwnSession(action, run, sink, signal);
@@ -518,13 +542,15 @@ export class SshExec implements Executor {
     signal?: AbortSignal,
   ): Promise<RunOutput> {
     const nonce = newNonce();
+    const started = { stdout: new StartGate(nonce), stderr: new StartGate(nonce) };
     const trailer = new TrailerStripper(nonce);
     const tail = new StderrTail(sink);
     const result = await runProcess({
-      argv: [this.#program, ...this.#sshArgs(), "--", this.host, remoteCommand(this.#resolved)],
+      argv: [this.#program, ...this.#sshArgs(), "--", this.host, stepCommand(this.#resolved)],
       env: this.#sshEnvironment(),
       stdin: encodeFrame({
         nonce,
+        waiter: this.#facts?.waiter ?? "none",
         killGraceMs: run.killGraceMs,
         argv: run.argv,
         env: run.env,
@@ -536,10 +562,11 @@ export class SshExec implements Executor {
       timeoutMs: run.timeoutMs,
       killGraceMs: run.killGraceMs,
       signal,
-      stderrTransform: trailer.transform,
+      stdoutTransform: started.stdout.transform,
+      stderrTransform: pipeline(started.stderr.transform, trailer.transform),
       terminate: (child, graceMs, stdin) => stopRemote(child, graceMs, stdin),
     }, tail);
-    return await this.#outcome(action, result, trailer, tail);
+    return await this.#outcome(action, result, trailer, tail, started);
   }
 
   /** Reads the run's outcome: the wrapper's trailer when there is one, else what ssh did. */
@@ -548,6 +575,7 @@ export class SshExec implements Executor {
     result: ProcessResult,
     trailer: TrailerStripper,
     tail: StderrTail,
+    started: { stdout: StartGate; stderr: StartGate },
   ): Promise<RunOutput> {
     const output = (exitCode: number | null, signal: string | null): RunOutput => ({
       host: this.host,
@@ -565,7 +593,10 @@ export class SshExec implements Executor {
     // wrapper had the grace and a margin to answer and did not: the
     // connection is gone and the step's fate on the host is unknown.
     if (result.timedOut || result.cancelled) return output(null, null);
-    const detail = tail.text();
+    // Before the start marker, stderr carried ssh's and the supervisor's own
+    // words (and rc-file output), none of it the step's.
+    const detail = [started.stderr.junk, tail.text(), started.stdout.junk]
+      .map((text) => text.trim()).filter(Boolean).join("\n");
     if (result.exitCode === 255 || result.signal !== null) {
       const masterUp = (await this.#control("check")) === 0;
       if (!masterUp) this.#master = null;
@@ -655,6 +686,14 @@ async function stopRemote(
   } catch {
     // Already gone.
   }
+}
+
+/** Two transforms as one. */
+function pipeline(
+  first: TransformStream<Uint8Array, Uint8Array>,
+  second: TransformStream<Uint8Array, Uint8Array>,
+): ReadableWritablePair<Uint8Array, Uint8Array> {
+  return { writable: first.writable, readable: first.readable.pipeThrough(second) };
 }
 
 /** `promise`, or the signal's reason as soon as it aborts. */
