@@ -5,7 +5,7 @@
 import fc from "@deps/fast-check";
 import { assert, assertEquals, assertStringIncludes } from "@deps/assert";
 import { findProgram } from "../tests/_prereq.ts";
-import { HAS_PROC } from "../tests/_procs.ts";
+import { HAS_PROC, ignoredOrBlocked, SIGNAL_STATE } from "../tests/_procs.ts";
 import { shellsMissing } from "../tests/_shells.ts";
 import { shellQuote, stepCommand, type Waiter } from "./_ssh_remote.ts";
 import { encodeFrame, KILL_REQUEST, newNonce, StartGate, TrailerStripper } from "./_ssh_wrapper.ts";
@@ -248,26 +248,6 @@ const SYSTEM_SHELLS: Record<string, string[]> = {
 };
 const systemShellsMissing = SETSID === null ? "setsid" : shellsMissing();
 
-/** The step's own signal dispositions and mask, as /proc shows them. */
-const SIGNAL_STATE = ["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"];
-
-/**
- * The standard signals (1-31) ignored or blocked, from SIGNAL_STATE's output.
- * (32 and 33 are glibc's own, which Deno's children inherit ignored.)
- */
-function ignoredOrBlocked(text: string): Record<string, string[]> {
-  const names = ["HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1"];
-  const found: Record<string, string[]> = {};
-  for (const [, kind, hex] of text.matchAll(/^Sig(Ign|Blk):\s*([0-9a-f]+)$/gm)) {
-    const bits = BigInt(`0x${hex}`) & 0x7fffffffn;
-    found[kind] = [];
-    for (let n = 1; n <= 31; n++) {
-      if (bits & (1n << BigInt(n - 1))) found[kind].push(names[n - 1] ?? String(n));
-    }
-  }
-  return found;
-}
-
 Deno.test({
   name:
     "sh supervisor under every /bin/sh and waiter: default dispositions, exact exits, signals, INT traps, rc output dropped",
@@ -279,7 +259,7 @@ Deno.test({
           const where = `${name}, waiter ${waiter}`;
           const run = (argv: string[], opts: Parameters<typeof supervise>[2] = {}) =>
             supervise("sh", argv, { shell, waiter, ...opts });
-          const state = await run(SIGNAL_STATE, { rcNoise: true });
+          const state = await run([...SIGNAL_STATE], { rcNoise: true });
           assertEquals(ignoredOrBlocked(state.stdout), { Ign: [], Blk: [] }, where);
           assertEquals(state.stderr, "", `${where}: rc output reached the step`);
           assertStringIncludes(state.junk, "rc-out", where);
@@ -317,7 +297,7 @@ Deno.test({
   ignore: !PERL || !HAS_PROC,
   fn: async () => {
     // Started as an asynchronous list of dash: perl inherits SIGINT and SIGQUIT ignored.
-    const state = await supervise("perl", SIGNAL_STATE, { asAsyncList: true });
+    const state = await supervise("perl", [...SIGNAL_STATE], { asAsyncList: true });
     assertEquals(ignoredOrBlocked(state.stdout), { Ign: [], Blk: [] });
     const noisy = await supervise("perl", ["echo", "step"], { rcNoise: true });
     assertEquals([noisy.stdout, noisy.stderr], ["step\n", ""]);
