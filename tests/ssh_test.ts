@@ -3,7 +3,6 @@
 // the "remote" side (this machine, as the sshd's own test account), real
 // rsync. Without sshd the tests skip with a printed reason (fail under CI=true).
 
-import fc from "@deps/fast-check";
 import {
   assert,
   assertEquals,
