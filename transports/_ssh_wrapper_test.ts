@@ -208,7 +208,7 @@ for (const kind of ["perl", "sh"] as const) {
 }
 
 Deno.test({
-  name: "perl supervisor tells exit 143 from death by SIGTERM (sh cannot)",
+  name: "perl supervisor tells exit 143 from death by SIGTERM",
   ignore: !PERL,
   fn: async () => {
     const exit = await supervise("perl", ["/bin/sh", "-c", "exit 143"]);

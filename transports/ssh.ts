@@ -69,10 +69,12 @@ export interface SshExecOptions {
   /** The ssh program. Default `/usr/bin/ssh` where it exists, else `ssh` on the base PATH. */
   sshProgram?: string;
   /**
-   * How the remote side supervises a step: `perl` (exact wait status; on
-   * macOS and virtually every Linux server), `sh` (POSIX sh and setsid(1):
-   * a status above 128 reads as a signal), or `auto` (the default: perl
-   * where the remote account finds it, else sh).
+   * How the remote side supervises a step: `perl` (on macOS and virtually
+   * every Linux server), `sh` (POSIX sh and setsid(1); the exact wait
+   * status where the host has util-linux `setsid -f -w` or BusyBox `time`,
+   * else a status from 129 to 159 reads as a signal), or `auto` (the
+   * default: perl where the remote account finds it, else sh). A choice
+   * the host cannot run fails the first step with a `protocol` error.
    */
   remoteSupervisor?: RemoteSupervisor;
   /**
@@ -107,8 +109,9 @@ const OBSERVE_TIMEOUT_MS = 30_000;
  * ssh session and a POSIX sh supervisor per step). Either way a step runs in
  * its own process group, with exactly the stated base environment plus
  * `step.env`, no tty (stdout and stderr stay apart); a timeout, a cancel or
- * a dropped connection kills the whole group. Quoting assumes a POSIX login
- * shell on the remote account (sh, bash, dash, ksh, zsh). See docs/ssh.md.
+ * a dropped connection kills the whole group. The remote account's login
+ * shell may be any POSIX shell (sh, bash, dash, ksh, zsh, BusyBox ash, ...)
+ * or fish; a csh is refused with a `protocol` error. See docs/ssh.md.
  *
  * @example
  * ```ts
