@@ -14,6 +14,8 @@ export interface BusyboxUserland {
   commandPrefix: string[];
   /** Removes its directories (after sshd stopped). */
   remove(): Promise<void>;
+  /** The same, synchronously (for an unload handler). */
+  removeSync(): void;
 }
 
 /** Builds the userland's directories; root only (sshd enters it with `unshare --mount`). */
@@ -55,5 +57,12 @@ export async function busyboxUserland(): Promise<BusyboxUserland> {
       "sh",
     ],
     remove: () => Deno.remove(root, { recursive: true }).catch(() => {}),
+    removeSync: () => {
+      try {
+        Deno.removeSync(root, { recursive: true });
+      } catch {
+        // Already removed.
+      }
+    },
   };
 }

@@ -24,7 +24,7 @@ import {
   SIGNAL_STATE,
   waitFor,
 } from "./_procs.ts";
-import { isRoot, missing } from "./_prereq.ts";
+import { isRoot, missing, RSYNC } from "./_prereq.ts";
 import { LOGIN_SHELLS, shellsMissing } from "./_shells.ts";
 import { freePort, type Sshd, sshdMissing, startSshd } from "./_sshd.ts";
 
@@ -39,6 +39,9 @@ const PATH_ACCOUNTS = {
 } as const;
 type PathAccount = keyof typeof PATH_ACCOUNTS;
 
+/** A fish account without rc files (rsync needs a login shell that prints nothing). */
+const QUIET_FISH = "opsx-fish-quiet";
+
 /** The BusyBox userland's account (its login shell, /usr/bin/sh, is busybox ash there). */
 const BUSYBOX_ACCOUNT = "opsx-busybox";
 
@@ -52,6 +55,7 @@ const setUp = skip ? null : await (async () => {
     extraConfig.push(`Match User ${name}`, `  SetEnv PATH=${path}`);
   }
   await ensureAccount({ name: BUSYBOX_ACCOUNT, shell: "/usr/bin/sh" });
+  await ensureAccount({ name: QUIET_FISH, shell: "/usr/bin/fish" });
   const userland = await busyboxUserland();
   const [sshd, busybox] = await Promise.all([
     startSshd({ extraConfig }),
@@ -60,6 +64,7 @@ const setUp = skip ? null : await (async () => {
   const scratch = await Deno.makeTempDir({ prefix: "ops-exec-shells-" });
   await Deno.chmod(scratch, 0o755);
   globalThis.addEventListener("unload", () => {
+    userland.removeSync();
     try {
       Deno.removeSync(scratch, { recursive: true });
     } catch {
@@ -197,6 +202,34 @@ shellTest(
     }
   },
 );
+
+Deno.test({
+  name: "fish: push and pull work through a fish login shell; a tcsh one refuses them by name",
+  ignore: skip !== undefined || missing([RSYNC !== null, "rsync"]) !== undefined,
+  fn: async () => {
+    const local = await Deno.makeTempDir({ prefix: "ops-exec-fish-push-" });
+    const back = await Deno.makeTempDir({ prefix: "ops-exec-fish-pull-" });
+    try {
+      await Deno.writeTextFile(`${local}/a b 'q' $x ü.txt`, "hi");
+      const remote = await scratchFor(QUIET_FISH, "sync");
+      const caps = CapabilitySet.of(`sync.push:${remote}`, `sync.pull:${remote}`);
+      await using fish = new SshExec(target(setUp!.sshd, QUIET_FISH), caps);
+      const pushed = await fish.push(`${local}/`, `${remote}/new dir/`);
+      assertEquals(pushed.filesTransferred, 1);
+      assertEquals(await Deno.readTextFile(`${remote}/new dir/a b 'q' $x ü.txt`), "hi");
+      const pulled = await fish.pull(`${remote}/new dir/`, `${back}/`);
+      assertEquals(pulled.filesTransferred, 1);
+      const tcsh = shellAccount(LOGIN_SHELLS.find((shell) => shell.kind === "csh")!);
+      await using refused = new SshExec(target(setUp!.sshd, tcsh), caps);
+      const error = await refused.push(`${local}/`, `${remote}/other/`).then(() => null, (e) => e);
+      assert(error instanceof TransportError && error.kind === "protocol", String(error));
+      assertStringIncludes(error.message, "a csh");
+    } finally {
+      await Deno.remove(local, { recursive: true });
+      await Deno.remove(back, { recursive: true });
+    }
+  },
+});
 
 function pathTarget(user: PathAccount, extra: Partial<SshExecOptions> = {}) {
   return target(setUp!.sshd, user, extra);
