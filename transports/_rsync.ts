@@ -19,7 +19,7 @@ import {
   type RsyncFlavour,
   splitsRshOnWhiteSpace,
 } from "./_rsync_flavour.ts";
-import { shellQuote } from "./_ssh_wrapper.ts";
+import { shellQuote } from "./_ssh_remote.ts";
 
 /** The local rsync program when a caller names none: `rsync`, found on the base PATH. */
 export const DEFAULT_RSYNC_PROGRAM = "rsync";

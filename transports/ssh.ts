@@ -36,13 +36,21 @@ import {
 import { hopLog, jumpProxyCommand, readSshFacts, type SshFacts } from "./_ssh_config.ts";
 import { parseProbe, probeArgv } from "./_ssh_observe.ts";
 import { type SessionEnd, type SessionRun, SshSession } from "./_ssh_session.ts";
-import { sessionCommand } from "./_ssh_supervisor.ts";
+import {
+  connectCommand,
+  isCshFamily,
+  parseConnectProbe,
+  type RemoteFacts,
+  sessionCommand,
+  stepCommand,
+  supervisorProblem,
+} from "./_ssh_remote.ts";
 import {
   encodeFrame,
   KILL_REQUEST,
   newNonce,
-  remoteCommand,
   type RemoteSupervisor,
+  StartGate,
   TrailerStripper,
   wrapperFailure,
 } from "./_ssh_wrapper.ts";
@@ -81,10 +89,12 @@ export interface SshExecOptions {
   /** The ssh program. Default `/usr/bin/ssh` where it exists, else `ssh` on the base PATH. */
   sshProgram?: string;
   /**
-   * How the remote side supervises a step: `perl` (exact wait status; on
-   * macOS and virtually every Linux server), `sh` (POSIX sh and setsid(1):
-   * a status above 128 reads as a signal), or `auto` (the default: perl
-   * where the remote account finds it, else sh).
+   * How the remote side supervises a step: `perl` (on macOS and virtually
+   * every Linux server), `sh` (POSIX sh and setsid(1); the exact wait
+   * status where the host has util-linux `setsid -f -w` or BusyBox `time`,
+   * else a status from 129 to 159 reads as a signal), or `auto` (the
+   * default: perl where the remote account finds it, else sh). A choice
+   * the host cannot run fails the first step with a `protocol` error.
    */
   remoteSupervisor?: RemoteSupervisor;
   /**
@@ -129,8 +139,9 @@ const OBSERVE_TIMEOUT_MS = 30_000;
  * ssh session and a POSIX sh supervisor per step). Either way a step runs in
  * its own process group, with exactly the stated base environment plus
  * `step.env`, no tty (stdout and stderr stay apart); a timeout, a cancel or
- * a dropped connection kills the whole group. Quoting assumes a POSIX login
- * shell on the remote account (sh, bash, dash, ksh, zsh). See docs/ssh.md.
+ * a dropped connection kills the whole group. The remote account's login
+ * shell may be any POSIX shell (sh, bash, dash, ksh, zsh, BusyBox ash, ...)
+ * or fish; a csh is refused with a `protocol` error. See docs/ssh.md.
  *
  * @example
  * ```ts
@@ -157,7 +168,10 @@ export class SshExec implements Executor {
   readonly #sessionPerStep: boolean;
   readonly #rsyncProgram: string;
   #resolved: "perl" | "sh" = "sh";
+  /** What ssh makes of the options (`ssh -G`), read before the first connection. */
   #facts: SshFacts | null = null;
+  /** What the connect probe found on the host (login shell, perl, setsid, waiter). */
+  #remote: RemoteFacts | null = null;
   #localRsync: Promise<RsyncFlavour> | null = null;
   #remoteRsync: Promise<RsyncFlavour> | null = null;
   #controlDir: string | null = null;
@@ -387,16 +401,10 @@ export class SshExec implements Executor {
     await Promise.all(hopLogs.map((path) => Deno.writeTextFile(path, "")));
     const marker = newNonce();
     const lines: LogLine[] = [];
-    // One command proves the login shell runs commands, and finds out which
-    // supervisor the host can use.
+    // One command proves the login shell runs commands, names it, and finds
+    // out which supervisor the host can use.
     const result = await runProcess({
-      argv: [
-        this.#program,
-        ...this.#sshArgs(),
-        "--",
-        this.host,
-        `echo ${marker}; command -v perl >/dev/null 2>&1 && echo perl || echo sh`,
-      ],
+      argv: [this.#program, ...this.#sshArgs(), "--", this.host, connectCommand(marker)],
       env: this.#sshEnvironment(),
       killGraceMs: 1000,
       timeoutMs: CONNECT_TIMEOUT_MS,
@@ -410,10 +418,13 @@ export class SshExec implements Executor {
       );
     }
     const stdout = lines.filter((l) => l.stream === "stdout").map((l) => l.text);
-    const at = stdout.indexOf(marker);
-    if (at >= 0) {
-      const found = stdout[at + 1] === "perl" ? "perl" : "sh";
-      this.#resolved = this.#supervisor === "auto" ? found : this.#supervisor;
+    const facts = parseConnectProbe(stdout, marker);
+    if (facts) {
+      this.#checkLoginShell(facts);
+      this.#remote = facts;
+      this.#resolved = this.#supervisor === "auto"
+        ? (facts.perl ? "perl" : "sh")
+        : this.#supervisor;
       return;
     }
     const stderr = lines.filter((l) => l.stream === "stderr").map((l) => l.text).join("\n");
@@ -441,6 +452,19 @@ export class SshExec implements Executor {
       `the remote login shell did not run a plain command (exit ${result.exitCode}); ` +
         `SshExec needs a POSIX shell on the remote account`,
       { detail: stdout.join("\n") },
+    );
+  }
+
+  /** A csh reads none of SshExec's commands as meant: say so, by name, before anything runs. */
+  #checkLoginShell(facts: RemoteFacts): void {
+    if (!isCshFamily(facts.shell)) return;
+    const account = this.#target.user ?? "the remote account";
+    throw new TransportError(
+      "protocol",
+      this.host,
+      `the login shell of ${account} is ${facts.shell}, a csh; SshExec needs a POSIX login ` +
+        `shell (sh, bash, dash, ksh, zsh, ...) or fish on the remote account: give it one ` +
+        `(chsh -s /bin/sh${this.#target.user ? ` ${this.#target.user}` : ""})`,
     );
   }
 
@@ -486,6 +510,11 @@ export class SshExec implements Executor {
     sink: LogSink,
     signal?: AbortSignal,
   ): Promise<RunOutput> {
+    const problem = this.#remote && supervisorProblem(this.#supervisor, this.#remote);
+    if (problem) {
+      // Found when the master opened: nothing of the step is sent.
+      return Promise.reject(new TransportError("protocol", this.host, problem));
+    }
     return this.#resolved === "perl" && !this.#sessionPerStep
       ? this.#runInSession(action, run, sink, signal)
       : this.#runOwnSession(action, run, sink, signal);
@@ -588,13 +617,15 @@ export class SshExec implements Executor {
     signal?: AbortSignal,
   ): Promise<RunOutput> {
     const nonce = newNonce();
+    const started = { stdout: new StartGate(nonce), stderr: new StartGate(nonce) };
     const trailer = new TrailerStripper(nonce);
     const tail = new StderrTail(sink);
     const result = await runProcess({
-      argv: [this.#program, ...this.#sshArgs(), "--", this.host, remoteCommand(this.#resolved)],
+      argv: [this.#program, ...this.#sshArgs(), "--", this.host, stepCommand(this.#resolved)],
       env: this.#sshEnvironment(),
       stdin: encodeFrame({
         nonce,
+        waiter: this.#remote?.waiter ?? "none",
         killGraceMs: run.killGraceMs,
         argv: run.argv,
         env: run.env,
@@ -606,10 +637,11 @@ export class SshExec implements Executor {
       timeoutMs: run.timeoutMs,
       killGraceMs: run.killGraceMs,
       signal,
-      stderrTransform: trailer.transform,
+      stdoutTransform: started.stdout.transform,
+      stderrTransform: pipeline(started.stderr.transform, trailer.transform),
       terminate: (child, graceMs, stdin) => stopRemote(child, graceMs, stdin),
     }, tail);
-    return await this.#outcome(action, result, trailer, tail);
+    return await this.#outcome(action, result, trailer, tail, started);
   }
 
   /** Reads the run's outcome: the wrapper's trailer when there is one, else what ssh did. */
@@ -618,6 +650,7 @@ export class SshExec implements Executor {
     result: ProcessResult,
     trailer: TrailerStripper,
     tail: StderrTail,
+    started: { stdout: StartGate; stderr: StartGate },
   ): Promise<RunOutput> {
     const output = (exitCode: number | null, signal: string | null): RunOutput => ({
       host: this.host,
@@ -635,7 +668,10 @@ export class SshExec implements Executor {
     // wrapper had the grace and a margin to answer and did not: the
     // connection is gone and the step's fate on the host is unknown.
     if (result.timedOut || result.cancelled) return output(null, null);
-    const detail = tail.text();
+    // Before the start marker, stderr carried ssh's and the supervisor's own
+    // words (and rc-file output), none of it the step's.
+    const detail = [started.stderr.junk, tail.text(), started.stdout.junk]
+      .map((text) => text.trim()).filter(Boolean).join("\n");
     if (result.exitCode === 255 || result.signal !== null) {
       const masterUp = (await this.#control("check")) === 0;
       if (!masterUp) this.#master = null;
@@ -827,6 +863,14 @@ async function stopRemote(
   } catch {
     // Already gone.
   }
+}
+
+/** Two transforms as one. */
+function pipeline(
+  first: TransformStream<Uint8Array, Uint8Array>,
+  second: TransformStream<Uint8Array, Uint8Array>,
+): ReadableWritablePair<Uint8Array, Uint8Array> {
+  return { writable: first.writable, readable: first.readable.pipeThrough(second) };
 }
 
 /** `promise`, or the signal's reason as soon as it aborts. */
