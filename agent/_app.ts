@@ -5,7 +5,8 @@
 import { Hono } from "npm:hono@^4.7.0";
 import type { Context } from "npm:hono@^4.7.0";
 import { StepError } from "../executor/errors.ts";
-import { baseEnvironment } from "../executor/_env.ts";
+import { baseEnvironment, homeDirectory } from "../executor/_env.ts";
+import { execViaShell } from "../executor/_exec_via_shell.ts";
 import { observeLocalHost } from "../executor/_observe.ts";
 import { type ProcessResult, runProcess } from "../executor/_spawn.ts";
 import type { HostObservation } from "../executor/types.ts";
@@ -20,6 +21,7 @@ import {
   NDJSON_TYPE,
   PATHS,
   PROTOCOL_VERSION,
+  type RsyncFlavour,
 } from "../transports/_agent_protocol.ts";
 import type { AgentConfig } from "./config.ts";
 import { AuditLog, type AuditRecord, stepDigest } from "./_audit.ts";
@@ -34,7 +36,13 @@ import { formatHostPort, unmapAddress } from "./_net.ts";
 import { EventStream, LineBatcher } from "./_stream.ts";
 import { type CallerIdentity, summarize } from "./_whois.ts";
 import { AGENT_VERSION } from "./_version.ts";
-import { parseSyncRequest, RsyncArgvError, runSyncTunnel, type SyncRequest } from "./_sync.ts";
+import {
+  agentRsync,
+  parseSyncRequest,
+  RsyncArgvError,
+  runSyncTunnel,
+  type SyncRequest,
+} from "./_sync.ts";
 import {
   describeSync,
   isDryRun,
@@ -51,19 +59,12 @@ import { ConfigError } from "../executor/errors.ts";
 export type AgentEnv = { Bindings: Deno.ServeHandlerInfo<Deno.NetAddr> };
 
 /**
- * Exec steps run through the shell too: under the agent's permission set
- * Deno may spawn only what its `run` scope names, and `/bin/sh` is the one
- * program every step needs. `"$@"` keeps the argv exact (no word splitting);
- * a missing program reads as it does with LocalExec.
+ * The argv the agent spawns for a step. Exec steps run through the shell
+ * too: under the agent's permission set Deno may spawn only what its `run`
+ * scope names, and `/bin/sh` is the one program every step needs.
  */
-const EXEC_WRAPPER =
-  'command -v -- "$1" >/dev/null 2>&1 || { printf "ops-exec: %s: command not found\\n" "$1" >&2; exit 127; }; exec "$@"';
-
-/** The argv the agent spawns for a step. */
 export function agentArgv(step: Step): string[] {
-  return step.kind === "shell"
-    ? [...step.argv]
-    : ["/bin/sh", "-c", EXEC_WRAPPER, "sh", ...step.argv];
+  return step.kind === "shell" ? [...step.argv] : execViaShell(step.argv);
 }
 
 /**
@@ -108,6 +109,8 @@ export class AgentCore {
   /** How transfers are confined here (`null` when the ceiling grants no sync). */
   readonly sync: SyncSetup | null;
   readonly #syncRoots: SyncRoots;
+  /** The rsync `/v1/sync` runs (`agent.rsync`), as its `--version` told at start; `null` if none runs. */
+  readonly rsync: RsyncFlavour | null;
   readonly #runs = new Set<HeldSlot>();
   #stopping: string | null = null;
 
@@ -116,6 +119,7 @@ export class AgentCore {
     audit: AuditLog,
     provider: IdentityProvider,
     sync: { setup: SyncSetup | null; roots: SyncRoots },
+    rsync: RsyncFlavour | null,
   ) {
     this.config = config;
     this.audit = audit;
@@ -123,6 +127,7 @@ export class AgentCore {
     this.version = AGENT_VERSION;
     this.sync = sync.setup;
     this.#syncRoots = sync.roots;
+    this.rsync = rsync;
     this.app = this.#routes();
   }
 
@@ -141,12 +146,14 @@ export class AgentCore {
    *   and this host cannot make one.
    */
   static async create(config: AgentConfig): Promise<AgentCore> {
+    const rsync = await agentRsync(config.agent.rsync);
     const [setup, roots] = await Promise.all([
-      syncSetup(config),
+      syncSetup(config, rsync),
       SyncRoots.resolve([config.ceiling, ...config.grants.map((grant) => grant.allow)]),
     ]);
     const audit = await AuditLog.open(config.agent.auditLog);
-    return new AgentCore(config, audit, createIdentityProvider(config.identity), { setup, roots });
+    const provider = createIdentityProvider(config.identity);
+    return new AgentCore(config, audit, provider, { setup, roots }, rsync);
   }
 
   /** How transfers are confined here, in words; `null` when the ceiling grants no sync. */
@@ -183,7 +190,12 @@ export class AgentCore {
       PATHS.health,
       (c) =>
         c.json(
-          { ok: true, version: this.version, protocol: PROTOCOL_VERSION } satisfies HealthBody,
+          {
+            ok: true,
+            version: this.version,
+            protocol: PROTOCOL_VERSION,
+            rsync: this.rsync,
+          } satisfies HealthBody,
         ),
     );
     app.get(PATHS.capabilities, (c) => this.#capabilities(c));
@@ -546,7 +558,7 @@ export class AgentCore {
           result = await runProcess({
             argv: agentArgv(step),
             env: { ...baseEnvironment(), ...step.env },
-            cwd: step.cwd,
+            cwd: step.cwd ?? homeDirectory(),
             stdin: step.stdin,
             timeoutMs: step.timeoutMs,
             killGraceMs: step.killGraceMs,
@@ -617,18 +629,23 @@ export class AgentCore {
  * How this host will run transfers under `config`, or `null` when its
  * ceiling grants no sync at all (nothing is probed then).
  */
-async function syncSetup(config: AgentConfig): Promise<SyncSetup | null> {
+async function syncSetup(
+  config: AgentConfig,
+  flavour: RsyncFlavour | null,
+): Promise<SyncSetup | null> {
   const ceiling = config.ceiling;
   const syncs = ceiling.syncRoots().length > 0 || ceiling.allows("sync.push") ||
     ceiling.allows("sync.pull");
   if (!syncs) return null;
   const { syncConfinement: confinement, syncIdleTimeoutS: idleTimeoutS } = config.agent;
-  const rsync = await probeRsync();
-  if (confinement === "none") return { confinement, userNamespace: false, rsync, idleTimeoutS };
-  const asRoot = await probeConfinement(false);
-  if (asRoot === null) return { confinement, userNamespace: false, rsync, idleTimeoutS };
-  const asUser = await probeConfinement(true);
-  if (asUser === null) return { confinement, userNamespace: true, rsync, idleTimeoutS };
+  const program = config.agent.rsync;
+  const rsync = await probeRsync(program, flavour);
+  const setup = { confinement, userNamespace: false, program, rsync, idleTimeoutS };
+  if (confinement === "none") return setup;
+  const asRoot = await probeConfinement(setup);
+  if (asRoot === null) return setup;
+  const asUser = await probeConfinement({ ...setup, userNamespace: true });
+  if (asUser === null) return { ...setup, userNamespace: true };
   throw new ConfigError(
     "agent.sync_confinement",
     `"namespace": this host cannot give a transfer a mount namespace of its own (as root: ${asRoot}; in a user namespace: ${asUser}). ` +

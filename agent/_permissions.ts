@@ -4,7 +4,7 @@
 // request.
 
 import { ConfigError } from "../executor/errors.ts";
-import type { AgentConfig } from "./config.ts";
+import { type AgentConfig, DEFAULT_RSYNC } from "./config.ts";
 import { formatHostPort } from "./_net.ts";
 
 const SET = 'the agent permission set ("permissions.agent" in deno.json)';
@@ -30,6 +30,15 @@ export function permissionProblems(config: AgentConfig): ConfigError[] {
       new ConfigError(
         "agent.audit_log",
         `${auditLog} is outside the write scope of ${SET}: use a path under /var/log/ops-agent (Linux) or the set's other log directories, or extend the set and rebuild`,
+      ),
+    );
+  }
+  const rsync = config.agent.rsync;
+  if (rsync !== DEFAULT_RSYNC && !granted({ name: "run", command: rsync })) {
+    problems.push(
+      new ConfigError(
+        "agent.rsync",
+        `${rsync} is outside the run scope of ${SET}: use /usr/bin/rsync, /usr/local/bin/rsync or /opt/homebrew/bin/rsync, or extend the set and rebuild`,
       ),
     );
   }

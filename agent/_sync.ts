@@ -7,6 +7,26 @@ import { baseEnvironment } from "../executor/_env.ts";
 import { type ProcessResult, runProcess } from "../executor/_spawn.ts";
 import type { LogLine } from "../executor/types.ts";
 import { SYNC_MESSAGE_BYTES, SYNC_WINDOW_BYTES } from "../transports/_agent_protocol.ts";
+import type { RsyncFlavour } from "../transports/_agent_protocol.ts";
+import { askRsyncVersion } from "../transports/_rsync_flavour.ts";
+
+/**
+ * What the agent's rsync (`program`) is, from its `--version`; `null` (with
+ * a warning on stderr) when it cannot run it or does not know its words.
+ */
+export async function agentRsync(program: string): Promise<RsyncFlavour | null> {
+  try {
+    const answer = await askRsyncVersion(program);
+    if (answer.flavour) return answer.flavour;
+    console.error(
+      `ops-agent: warning: ${program} --version exited ${answer.exitCode} ` +
+        `without naming rsync or openrsync; /v1/sync will fail: ${answer.text.slice(0, 200)}`,
+    );
+  } catch (error) {
+    console.error(`ops-agent: warning: cannot run ${program}; /v1/sync will fail: ${error}`);
+  }
+  return null;
+}
 
 /** What a valid `rsync --server` vector asks for. */
 export interface SyncRequest {
@@ -38,13 +58,33 @@ export class RsyncArgvError extends Error {
  * elsewhere.
  */
 const SHORT_OPTIONS = new Set("rlptgonczv");
-/** Long options a vector may carry after the short group. */
+/** Long options an rsync 3.x vector may carry after the short group. */
 const LONG_OPTIONS = new Set(["--delete", "--stats", "--mkpath"]);
 /** rsync's protocol-capability letters after `e.` (they select protocol features, run nothing). */
 const CAPABILITIES = /^[A-Za-z]*$/;
+/**
+ * The words an openrsync vector may carry, each on its own and at most once:
+ * the letters above as separate options, how openrsync (and Apple's fork)
+ * send `--delete` (to the sender too, where it deletes nothing), Apple's
+ * `--progress` (display only; a server prints none), and `--mkpath`, which
+ * ops-exec's tunnel adds for a receiver that knows it.
+ */
+const OPENRSYNC_WORDS = new Set([
+  ...[...SHORT_OPTIONS].map((letter) => `-${letter}`),
+  "--delete",
+  "--delete-before",
+  "--progress",
+  "--mkpath",
+]);
 
 /**
- * Checks a client's `rsync --server` vector against the allowlist.
+ * Checks a client's `rsync --server` vector against the allowlist. Two
+ * shapes are genuine:
+ *
+ * - rsync 3.x: `rsync --server [--sender] -<flags>e.<caps> [--delete] [--stats] [--mkpath] . PATH`;
+ * - openrsync (the open-source one and Apple's): `rsync --server [--sender]
+ *   [--delete-before|--delete] [-c] -g -l [-n] -o -p -r -t [-z] . PATH`,
+ *   one option per word.
  *
  * @param value The `argv` query parameter: a JSON array of strings.
  * @throws {RsyncArgvError} When it is not a genuine, allowed vector.
@@ -74,26 +114,10 @@ export function parseSyncRequest(value: string | undefined): SyncRequest {
   let i = 2;
   const sender = words[i] === "--sender";
   if (sender) i++;
-  const flags = words[i++] ?? "";
-  const match = /^-([A-Za-z]+)e\.([A-Za-z]*)$/.exec(flags);
-  if (!match || !CAPABILITIES.test(match[2])) {
-    throw new RsyncArgvError(
-      `expected rsync's option group (like -logtpre.iLsfxCIvu) after --server, got ${
-        JSON.stringify(flags)
-      }`,
-    );
-  }
-  const refused = [...match[1]].filter((letter) => !SHORT_OPTIONS.has(letter));
-  if (refused.length > 0) throw new RsyncArgvError(`refused rsync option(s) -${refused.join("")}`);
-  const long: string[] = [];
-  while (i < words.length && words[i].startsWith("-")) {
-    const option = words[i++];
-    if (!LONG_OPTIONS.has(option)) throw new RsyncArgvError(`refused rsync option ${option}`);
-    if (sender && option === "--delete") {
-      throw new RsyncArgvError("--delete is the receiver's option, not the sender's");
-    }
-    long.push(option);
-  }
+  const options = /^-[A-Za-z]*e\./.test(words[i] ?? "")
+    ? rsync3Options(words, i, sender)
+    : openrsyncOptions(words, i, sender);
+  i += options.length;
   if (words[i] !== "." || words.length !== i + 2) {
     throw new RsyncArgvError(
       `expected ". PATH" at the end of the vector, got ${JSON.stringify(words.slice(i))}`,
@@ -106,9 +130,60 @@ export function parseSyncRequest(value: string | undefined): SyncRequest {
   return {
     action: sender ? "sync.pull" : "sync.push",
     path: normalizeRoot(target),
-    argv: ["--server", ...(sender ? ["--sender"] : []), flags, ...long, "."],
+    argv: ["--server", ...(sender ? ["--sender"] : []), ...options, "."],
     trailingSlash: target.endsWith("/") && target !== "/",
   };
+}
+
+/** The options of an rsync 3.x vector from `words[start]` (its `-<flags>e.<caps>` group) on. */
+function rsync3Options(words: readonly string[], start: number, sender: boolean): string[] {
+  const flags = words[start];
+  const match = /^-([A-Za-z]+)e\.([A-Za-z]*)$/.exec(flags);
+  if (!match || !CAPABILITIES.test(match[2])) {
+    throw new RsyncArgvError(
+      `expected rsync's option group (like -logtpre.iLsfxCIvu) after --server, got ${
+        JSON.stringify(flags)
+      }`,
+    );
+  }
+  const refused = [...match[1]].filter((letter) => !SHORT_OPTIONS.has(letter));
+  if (refused.length > 0) throw new RsyncArgvError(`refused rsync option(s) -${refused.join("")}`);
+  const options = [flags];
+  for (let i = start + 1; i < words.length && words[i].startsWith("-"); i++) {
+    const option = words[i];
+    if (!LONG_OPTIONS.has(option)) throw new RsyncArgvError(`refused rsync option ${option}`);
+    if (sender && option === "--delete") {
+      throw new RsyncArgvError("--delete is the receiver's option, not the sender's");
+    }
+    options.push(option);
+  }
+  return options;
+}
+
+/** The options of an openrsync vector from `words[start]` on: allowed words, each once. */
+function openrsyncOptions(words: readonly string[], start: number, sender: boolean): string[] {
+  const options: string[] = [];
+  for (let i = start; i < words.length && words[i].startsWith("-"); i++) {
+    const option = words[i];
+    if (!OPENRSYNC_WORDS.has(option)) {
+      const refused = /^-[A-Za-z]{2,}$/.test(option)
+        ? [...option.slice(1)].filter((letter) => !SHORT_OPTIONS.has(letter))
+        : [];
+      throw new RsyncArgvError(
+        refused.length > 0
+          ? `refused rsync option(s) -${refused.join("")} (in ${option})`
+          : /^-[A-Za-z]{2,}$/.test(option)
+          ? `refused rsync option ${option}: openrsync sends one option per word`
+          : `refused rsync option ${option}`,
+      );
+    }
+    if (options.includes(option)) throw new RsyncArgvError(`rsync option ${option} given twice`);
+    if (sender && option === "--mkpath") {
+      throw new RsyncArgvError("--mkpath is the receiver's option, not the sender's");
+    }
+    options.push(option);
+  }
+  return options;
 }
 
 /** How a tunnelled transfer ended. */

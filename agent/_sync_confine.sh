@@ -4,7 +4,7 @@
 #
 #   [unshare ...] /bin/sh -c SCRIPT sh HOW DIR ROOT TARGET rsync --server ... .
 #
-# HOW    view: in a private mount namespace (unshare --mount, the agent is root)
+# HOW    view: in private mount and pid namespaces (unshare, the agent is root)
 #        userview: the same inside an unprivileged user namespace
 #        pin: no namespace
 # DIR    push, push-dry (a dry run) or pull
@@ -13,8 +13,9 @@
 #
 # The root is entered and checked against where it led at start. Then "view"
 # builds a tree of its own on a private tmpfs holding only rsync's files
-# (read-only) and the root (bound through the directory just entered:
-# read-only for a pull, never executable) and runs rsync chrooted there, as
+# (read-only), the root (bound through the directory just entered:
+# read-only for a pull, never executable) and a /proc of rsync's own
+# processes, and runs rsync chrooted there, as
 # the agent's own account: every path rsync opens, every symlink it follows,
 # every merge file it reads resolves inside that tree. "pin" walks the
 # target's directories from the root (creating the missing ones of a push),
@@ -22,6 +23,9 @@
 # run would create) as a path relative to where it stopped.
 
 set -u
+# In a pid namespace of its own this shell is its init, which ignores a signal
+# it has no handler for: the agent's SIGTERM must still end the setup.
+trap 'exit 143' TERM INT HUP
 die() { printf 'ops-agent: %s\n' "$2" >&2; exit "$1"; }
 how=$1 dir=$2 root=$3 target=$4
 shift 4
@@ -81,6 +85,12 @@ mount --no-canonicalize --bind . "$view$root" || die 12 "cannot bind the root in
 flags=nosuid,nodev,noexec
 [ "$dir" = pull ] && flags=ro,$flags
 mount -o "remount,bind,$flags" "$view$root" || die 12 "cannot seal the root in the sync view"
+# /proc with rsync's own processes only (this is a pid namespace of its own):
+# openrsync's fchmodat(AT_SYMLINK_NOFOLLOW) goes through /proc/self/fd on
+# glibc. Without subset=pid (Linux < 5.8) there is none.
+mkdir "$view/proc" &&
+  mount -t proc -o subset=pid,hidepid=invisible,nosuid,nodev,noexec proc "$view/proc" 2>/dev/null ||
+  rmdir "$view/proc"
 mount -o remount,bind,ro /tmp || die 12 "cannot seal the sync view"
 cd /
 if [ "$how" = userview ]; then

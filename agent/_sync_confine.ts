@@ -9,6 +9,8 @@ import { isInsideRoot, normalizeRoot } from "../capability/path.ts";
 import { baseEnvironment } from "../executor/_env.ts";
 import { enclosingRoot, resolvePaths } from "../executor/_resolve.ts";
 import { runProcess } from "../executor/_spawn.ts";
+import type { RsyncFlavour } from "../transports/_agent_protocol.ts";
+import { describeFlavour } from "../transports/_rsync_flavour.ts";
 import SYNC_SCRIPT from "./_sync_confine.sh" with { type: "text" };
 
 /**
@@ -25,7 +27,9 @@ export interface SyncSetup {
   confinement: SyncConfinement;
   /** With `namespace`: whether it needs an unprivileged user namespace (the agent is not root). */
   userNamespace: boolean;
-  /** The agent host's rsync. */
+  /** The rsync program that runs (`agent.rsync`). */
+  program: string;
+  /** What that rsync is and offers. */
   rsync: RsyncFeatures;
   /** rsync's `--timeout` and the WebSocket's idle limit, in seconds. */
   idleTimeoutS: number;
@@ -33,7 +37,7 @@ export interface SyncSetup {
 
 /** The agent host's rsync and the server-side safeguards it offers. */
 export interface RsyncFeatures {
-  /** Its `--version` line, e.g. `rsync  version 3.5.0  protocol version 32`. */
+  /** What its `--version` said, in words, e.g. `rsync 3.5.0 (protocol 32)`. */
   version: string;
   /** Whether it is openrsync (macOS's rsync), whose receiver has no `--safe-links`. */
   openrsync: boolean;
@@ -63,26 +67,31 @@ export function describeSync(setup: SyncSetup): string {
   }; idle limit ${setup.idleTimeoutS} s`;
 }
 
-/** Asks the agent host's `rsync` what it is and which safeguards it has. */
-export async function probeRsync(): Promise<RsyncFeatures> {
-  const run = async (arg: string) => {
-    try {
-      const out = await new Deno.Command("rsync", {
-        args: [arg],
-        env: baseEnvironment(),
-        clearEnv: true,
-        stdin: "null",
-      }).output();
-      const decoder = new TextDecoder();
-      return decoder.decode(out.stdout) + decoder.decode(out.stderr);
-    } catch {
-      return "";
-    }
-  };
-  const [version, help] = await Promise.all([run("--version"), run("--help")]);
-  const openrsync = /openrsync/.test(version);
+/**
+ * Which of rsync's own server-side safeguards the agent's rsync (`program`,
+ * whose `--version` said `flavour`; `null` when it said nothing usable) has,
+ * from its `--help`.
+ */
+export async function probeRsync(
+  program: string,
+  flavour: RsyncFlavour | null,
+): Promise<RsyncFeatures> {
+  let help = "";
+  try {
+    const out = await new Deno.Command(program, {
+      args: ["--help"],
+      env: baseEnvironment(),
+      clearEnv: true,
+      stdin: "null",
+    }).output();
+    const decoder = new TextDecoder();
+    help = decoder.decode(out.stdout) + decoder.decode(out.stderr);
+  } catch {
+    // No such program: no safeguards (and /v1/sync fails as it says).
+  }
+  const openrsync = flavour?.kind === "openrsync";
   return {
-    version: version.split("\n")[0].trim() || "no rsync found",
+    version: flavour ? describeFlavour(flavour) : `${program} (not a known rsync)`,
     openrsync,
     safeLinks: !openrsync && help.includes("--safe-links"),
     confineRoot: help.includes("--confine-root"),
@@ -167,14 +176,15 @@ export function syncCommand(
   serverArgv: readonly string[],
   setup: SyncSetup,
 ): string[] {
-  const rsync = ["rsync", ...serverArgv.slice(0, -1), ...safeguards(plan, setup), "."];
+  const rsync = [setup.program, ...serverArgv.slice(0, -1), ...safeguards(plan, setup), "."];
   if (plan.root === "/") return [...rsync, plan.target];
   const how = setup.confinement === "none" ? "pin" : setup.userNamespace ? "userview" : "view";
   const dir = plan.action === "sync.pull" ? "pull" : plan.dryRun ? "push-dry" : "push";
   const script = ["/bin/sh", "-c", SYNC_SCRIPT, "sh", how, dir];
+  const namespaces = ["--mount", "--pid", "--fork", "--propagation", "private", "--"];
   const unshare = setup.userNamespace
-    ? ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private", "--"]
-    : ["unshare", "--mount", "--propagation", "private", "--"];
+    ? ["unshare", "--user", "--map-root-user", ...namespaces]
+    : ["unshare", ...namespaces];
   return [...(how === "pin" ? [] : unshare), ...script, plan.root, plan.target, ...rsync];
 }
 
@@ -202,23 +212,11 @@ function safeguards(plan: SyncPlan, setup: SyncSetup): string[] {
  * confinement with rsync's `--version` as the transfer. Resolves to `null`
  * when it works, else to what failed.
  */
-export async function probeConfinement(userNamespace: boolean): Promise<string | null> {
-  const setup: SyncSetup = {
-    confinement: "namespace",
-    userNamespace,
-    idleTimeoutS: 10,
-    rsync: {
-      version: "",
-      openrsync: true,
-      safeLinks: false,
-      confineRoot: false,
-      dropDevices: false,
-    },
-  };
+export async function probeConfinement(setup: SyncSetup): Promise<string | null> {
   const argv = syncCommand(
     { action: "sync.pull", root: "/tmp", target: "/tmp" },
     ["--version", "."],
-    setup,
+    { ...setup, confinement: "namespace" },
   );
   const lines: string[] = [];
   try {

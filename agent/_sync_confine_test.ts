@@ -36,9 +36,10 @@ Deno.test("SyncRoots: roots resolved at start; a narrower root (CapMap) is place
 const setup = (confinement: "namespace" | "none", userNamespace = false): SyncSetup => ({
   confinement,
   userNamespace,
+  program: "rsync",
   idleTimeoutS: 300,
   rsync: {
-    version: "rsync  version 3.5.0  protocol version 32",
+    version: "rsync 3.5.0",
     openrsync: false,
     safeLinks: true,
     confineRoot: true,
@@ -50,16 +51,18 @@ Deno.test("syncCommand: the confinement, and rsync's own safeguards by direction
   const server = ["--server", "-logtpre.iLsfxCIvu", "--delete", "."];
   const push = { action: "sync.push" as const, root: "/srv/app", target: "/srv/app/x/" };
   const namespace = syncCommand(push, server, setup("namespace"));
-  assertEquals(namespace.slice(0, 6), [
+  assertEquals(namespace.slice(0, 8), [
     "unshare",
     "--mount",
+    "--pid",
+    "--fork",
     "--propagation",
     "private",
     "--",
     "/bin/sh",
   ]);
-  assertEquals(namespace.slice(8, 13), ["sh", "view", "push", "/srv/app", "/srv/app/x/"]);
-  assertEquals(namespace.slice(13), [
+  assertEquals(namespace.slice(10, 15), ["sh", "view", "push", "/srv/app", "/srv/app/x/"]);
+  assertEquals(namespace.slice(15), [
     "rsync",
     "--server",
     "-logtpre.iLsfxCIvu",

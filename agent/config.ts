@@ -2,10 +2,19 @@
 // the wrong type or out of range is a ConfigError naming its key path
 // (`agent.max_concurrent`, `grant[1].allow[0]`).
 
-import { parse as parseToml } from "npm:smol-toml@^1.3.4";
 import { CapabilitySet } from "../capability/capability_set.ts";
 import { ConfigError } from "../executor/errors.ts";
-import { printable, typeName } from "../executor/_describe.ts";
+import { printable } from "../executor/_describe.ts";
+import {
+  absolutePath,
+  describe,
+  integer,
+  nonEmpty,
+  parseStrictToml,
+  required,
+  string,
+  table,
+} from "../executor/_strict_toml.ts";
 import { isLoopback, type ListenAddress, parseListen } from "./_net.ts";
 
 /** The `[agent]` table. */
@@ -32,6 +41,13 @@ export interface AgentSection {
    * checks and rsync's safeguards). See docs/protocol.md.
    */
   readonly syncConfinement: "namespace" | "none";
+  /**
+   * The rsync that `/v1/sync` runs (`rsync`): an absolute path inside the
+   * run scope of the agent's permission set, or by default `rsync` found on
+   * the agent's PATH. rsync 3.x or openrsync (the agent tells clients which,
+   * in `/v1/health`).
+   */
+  readonly rsync: string;
 }
 
 /** `[identity]` with `provider = "tailscale"`. */
@@ -79,6 +95,8 @@ export interface AgentConfig {
 
 /** The default `max_concurrent`. */
 export const DEFAULT_MAX_CONCURRENT = 16;
+/** The default `rsync`: found on the agent's PATH. */
+export const DEFAULT_RSYNC = "rsync";
 /** The default `max_request_bytes` (4 MiB). */
 export const DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024;
 /** The default `sync_idle_timeout`, in seconds. */
@@ -120,45 +138,7 @@ const SELECTOR = /^(?:(user|group|tag|node):(\S+)|\*)$/;
  * @throws {ConfigError} When the TOML does not parse, or a key is unknown or bad.
  */
 export function parseConfig(text: string, source = "config.toml"): AgentConfig {
-  let value: unknown;
-  try {
-    // Integers as bigint, so that a TOML float (`16.0`) is not taken for one.
-    value = parseToml(text, { integersAsBigInt: true });
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
-    throw new ConfigError("", `${source} is not valid TOML: ${message}`, { cause: error });
-  }
-  return configFromObject(fromToml(value, ""));
-}
-
-/** A TOML float where the config expects something else; kept so the error can say "a float". */
-class TomlFloat {
-  constructor(readonly value: number) {}
-}
-
-/** TOML integers (bigint) become numbers; floats become TomlFloat. */
-function fromToml(value: unknown, key: string): unknown {
-  if (typeof value === "bigint") {
-    if (value > BigInt(Number.MAX_SAFE_INTEGER) || value < BigInt(Number.MIN_SAFE_INTEGER)) {
-      throw new ConfigError(key, `${value} is out of range`);
-    }
-    return Number(value);
-  }
-  if (typeof value === "number") return new TomlFloat(value);
-  if (Array.isArray(value)) return value.map((item, i) => fromToml(item, `${key}[${i}]`));
-  if (isTable(value)) {
-    const table: Record<string, unknown> = {};
-    for (const [name, item] of Object.entries(value)) {
-      table[name] = fromToml(item, key ? `${key}.${name}` : name);
-    }
-    return table;
-  }
-  return value;
-}
-
-/** A type description for messages, that knows TOML floats. */
-function describe(value: unknown): string {
-  return value instanceof TomlFloat ? `a float (${value.value})` : typeName(value);
+  return configFromObject(parseStrictToml(text, source));
 }
 
 /**
@@ -208,6 +188,7 @@ export function configFromObject(value: unknown): AgentConfig {
     "max_request_bytes",
     "sync_idle_timeout",
     "sync_confinement",
+    "rsync",
   ]));
   const identity = readIdentity(table(required(root, "identity", ""), "identity", [
     "provider",
@@ -245,6 +226,7 @@ function readAgent(t: Record<string, unknown>): AgentSection {
     syncIdleTimeoutS: integer(t.sync_idle_timeout, "agent.sync_idle_timeout", 1, 86_400) ??
       DEFAULT_SYNC_IDLE_TIMEOUT_S,
     syncConfinement: readConfinement(t.sync_confinement),
+    rsync: t.rsync === undefined ? DEFAULT_RSYNC : absolutePath(t.rsync, "agent.rsync"),
   });
 }
 
@@ -340,95 +322,4 @@ function readGrants(value: unknown): GrantRule[] {
     const allow = CapabilitySet.fromJSON(required(t, "allow", key), `${key}.allow`);
     return Object.freeze({ to: Object.freeze([...to as string[]]), allow });
   });
-}
-
-function table(value: unknown, key: string, known: readonly string[]): Record<string, unknown> {
-  if (!isTable(value)) {
-    throw new ConfigError(key || "(root)", `must be a table, got ${describe(value)}`);
-  }
-  for (const name of Object.keys(value)) {
-    if (!known.includes(name)) {
-      const path = key ? `${key}.${printable(name)}` : printable(name);
-      const hint = closest(name, known);
-      throw new ConfigError(
-        path,
-        `unknown key${hint ? ` (did you mean "${hint}"?)` : ""}; known keys here: ${
-          known.join(", ")
-        }`,
-      );
-    }
-  }
-  return value;
-}
-
-function isTable(value: unknown): value is Record<string, unknown> {
-  if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
-  const proto = Object.getPrototypeOf(value);
-  return proto === Object.prototype || proto === null;
-}
-
-function required(t: Record<string, unknown>, name: string, parent: string): unknown {
-  const value = t[name];
-  if (value === undefined) {
-    throw new ConfigError(parent ? `${parent}.${name}` : name, "is required");
-  }
-  return value;
-}
-
-function string(value: unknown, key: string): string {
-  if (typeof value !== "string") {
-    throw new ConfigError(key, `must be a string, got ${describe(value)}`);
-  }
-  if (value.includes("\0")) throw new ConfigError(key, "contains a NUL byte");
-  return value;
-}
-
-function nonEmpty(value: unknown, key: string): string {
-  const text = string(value, key);
-  if (text.trim() === "") throw new ConfigError(key, "must not be empty");
-  return text;
-}
-
-function absolutePath(value: unknown, key: string): string {
-  const text = string(value, key);
-  if (!text.startsWith("/")) {
-    throw new ConfigError(key, `must be an absolute path, got "${printable(text)}"`);
-  }
-  return text;
-}
-
-function integer(value: unknown, key: string, min: number, max: number): number | undefined {
-  if (value === undefined) return undefined;
-  if (typeof value !== "number" || !Number.isInteger(value)) {
-    throw new ConfigError(key, `must be an integer, got ${describe(value)}`);
-  }
-  if (value < min || value > max) {
-    throw new ConfigError(key, `must be between ${min} and ${max}, got ${value}`);
-  }
-  return value;
-}
-
-/** The known key closest to a misspelt one, if it is close enough to be a typo. */
-function closest(name: string, known: readonly string[]): string | undefined {
-  let best: string | undefined;
-  let bestDistance = 3;
-  for (const candidate of known) {
-    const d = distance(name, candidate);
-    if (d < bestDistance) [best, bestDistance] = [candidate, d];
-  }
-  return best;
-}
-
-function distance(a: string, b: string): number {
-  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    let previous = row[0];
-    row[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const saved = row[j];
-      row[j] = Math.min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] === b[j - 1] ? 0 : 1));
-      previous = saved;
-    }
-  }
-  return row[b.length];
 }

@@ -4,6 +4,7 @@ import {
   configFromObject,
   DEFAULT_MAX_CONCURRENT,
   DEFAULT_MAX_REQUEST_BYTES,
+  DEFAULT_RSYNC,
   DEFAULT_SYNC_IDLE_TIMEOUT_S,
   LINUX_TAILSCALED_SOCKET,
   parseConfig,
@@ -183,5 +184,17 @@ Deno.test("config: sync_idle_timeout and sync_confinement, their defaults and ba
       keyOf(() => configFromObject(withAgent({ sync_confinement: "namespace" }))),
       "agent.sync_confinement",
     );
+  }
+});
+
+Deno.test("config: agent.rsync names the rsync /v1/sync runs: an absolute path, default rsync on the PATH", () => {
+  assertEquals(configFromObject(minimal()).agent.rsync, DEFAULT_RSYNC);
+  const homebrew = minimal();
+  (homebrew.agent as Record<string, unknown>).rsync = "/opt/homebrew/bin/rsync";
+  assertEquals(configFromObject(homebrew).agent.rsync, "/opt/homebrew/bin/rsync");
+  for (const bad of ["rsync", "bin/rsync", 3]) {
+    const config = minimal();
+    (config.agent as Record<string, unknown>).rsync = bad;
+    assertEquals(keyOf(() => configFromObject(config)), "agent.rsync");
   }
 });

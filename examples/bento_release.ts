@@ -25,7 +25,7 @@ import {
   type SyncResult,
 } from "../mod.ts";
 import { AgentRpc } from "../transports/rpc.ts";
-import { parseArgs } from "node:util";
+import { exampleArgs, usageError } from "./_args.ts";
 
 /** The shell script of each phase, run in the build directory with `$VERSION` set. */
 export interface BentoCommands {
@@ -118,21 +118,34 @@ export async function release(mac: Executor, opts: ReleaseOptions): Promise<Rele
   return report;
 }
 
+const BENTO_USAGE =
+  `Usage: bento_release.ts --source DIR --version V --mac URL [--builds DIR] [--out DIR]
+
+Builds, signs, notarizes and publishes the source DIR on the Mac whose ops-agent
+is at URL (each phase its own gated action, bento.build ... bento.publish), then
+pulls the signed artifact back to --out.
+
+Options:
+  --source DIR    the local source directory
+  --version V     the version being released
+  --mac URL       the Mac's ops-agent, e.g. http://100.77.1.9:7070
+  --builds DIR    the builds root on the Mac (default /Users/ci/builds)
+  --out DIR       where the artifact is pulled to (default ./dist)
+  -h, --help      this help
+
+Example:
+  deno run -A examples/bento_release.ts --source ./app --version 1.2.3 --mac http://100.77.1.9:7070`;
+
 if (import.meta.main) {
-  const { values } = parseArgs({
-    options: {
-      source: { type: "string" },
-      version: { type: "string" },
-      mac: { type: "string" },
-      builds: { type: "string", default: "/Users/ci/builds" },
-      out: { type: "string", default: "./dist" },
-    },
-  });
+  const values = exampleArgs("bento_release.ts", BENTO_USAGE, {
+    source: { type: "string" },
+    version: { type: "string" },
+    mac: { type: "string" },
+    builds: { type: "string", default: "/Users/ci/builds" },
+    out: { type: "string", default: "./dist" },
+  }) as { source?: string; version?: string; mac?: string; builds: string; out: string };
   if (!values.source || !values.version || !values.mac) {
-    console.error(
-      "usage: bento_release.ts --source DIR --version V --mac URL [--builds DIR] [--out DIR]",
-    );
-    Deno.exit(2);
+    usageError("bento_release.ts", "--source, --version and --mac are required");
   }
   const caps = CapabilitySet.of(
     "bento.*",

@@ -7,6 +7,22 @@
 
 import { CapabilityDenied, CapabilitySet, ConsoleSink, LocalExec, Step } from "../mod.ts";
 import { AgentRpc } from "../transports/rpc.ts";
+import { exampleArgs } from "./_args.ts";
+
+exampleArgs(
+  "demo.ts",
+  `Usage: deno task demo   (or: deno run -A examples/demo.ts)
+
+Runs ops-exec end to end on this machine, with nothing to configure: a gated
+step streamed line by line, an ungranted action refused before any process
+starts, an observation of the host; then the same through a real ops-agent on
+loopback, whose ceiling refuses what the caller would allow, and a push through
+its rsync tunnel. Takes no options.
+
+Options:
+  -h, --help   this help`,
+  {},
+);
 
 const caps = CapabilitySet.of("demo.*", "observe");
 await using exec = new LocalExec(caps, { host: "local" });
@@ -30,7 +46,8 @@ try {
   throw new Error("the denied step ran: this is a bug");
 } catch (error) {
   if (!(error instanceof CapabilityDenied)) throw error;
-  console.log(`   -> refused (${error.scope}): ${error.message}\n`);
+  // An ops-exec error prints as one line: `${error}` is "CapabilityDenied: <message>".
+  console.log(`   -> refused (${error.scope}): ${error}\n`);
 }
 
 console.log("3. observing the host:");
@@ -98,11 +115,10 @@ try {
   console.log(`   -> exit ${viaAgent.exitCode} through the agent`);
   try {
     await remote.runStreaming(Step.shell("release.publish", "echo never"), new ConsoleSink());
+    throw new Error("the agent ran a step above its ceiling: this is a bug");
   } catch (error) {
     if (!(error instanceof CapabilityDenied)) throw error;
-    console.log(
-      `   -> refused (${error.scope}): granted to this caller but above the host's ceiling`,
-    );
+    console.log(`   -> refused (${error.scope}): ${error}`);
   }
   const artifact = await Deno.makeTempDir();
   await Deno.writeTextFile(`${artifact}/app.txt`, "release 1.0.0\n");
@@ -113,9 +129,33 @@ try {
   agent.kill("SIGTERM");
   await agent.status;
 }
-const audit = (await Deno.readTextFile(`${dir}/audit.jsonl`)).trim().split("\n");
-console.log(`   -> the agent wrote ${audit.length} audit lines, e.g.:\n      ${audit.at(-2)}`);
+const audit = (await Deno.readTextFile(`${dir}/audit.jsonl`)).trim().split("\n")
+  .map((line) => JSON.parse(line) as AuditRecord);
+console.log(
+  `   -> the agent wrote ${audit.length} audit lines (one JSON object each); the refusal:`,
+);
+const refusal = audit.find((record) => record.decision === "denied");
+if (refusal) {
+  const who = `${refusal.who?.provider}:${refusal.who?.user ?? refusal.who?.node ?? "?"}`;
+  console.log(`      ${refusal.time}  ${refusal.endpoint}  from ${refusal.from} (${who})`);
+  console.log(
+    `      ${refusal.action}: ${refusal.decision}, ${refusal.status}, "${refusal.reason}"`,
+  );
+  console.log(`      fields: ${Object.keys(refusal).join(", ")}`);
+}
 await Deno.remove(dir, { recursive: true });
+
+/** The audit fields the demo prints (docs/protocol.md lists them all). */
+interface AuditRecord {
+  time: string;
+  endpoint: string;
+  from: string;
+  who?: { provider: string; user?: string; node?: string };
+  action?: string;
+  decision: string;
+  reason?: string;
+  status: number;
+}
 
 /** Reads the agent's stdout until it says where it listens. */
 async function listeningUrl(stdout: ReadableStream<Uint8Array>): Promise<string> {

@@ -20,7 +20,7 @@ import {
   Step,
 } from "../mod.ts";
 import { AgentRpc } from "../transports/rpc.ts";
-import { parseArgs } from "node:util";
+import { exampleArgs, usageError } from "./_args.ts";
 
 /** One tier of the rollout: hosts that are promoted together. */
 export interface Tier {
@@ -184,20 +184,42 @@ async function directorySize(path: string): Promise<number> {
   return total;
 }
 
+const SANDO_USAGE =
+  `Usage: sando_promote.ts --artifact DIR --release NAME [--root DIR] --tier NAME=URL[,URL...]...
+
+Promotes the artifact DIR (which must hold an executable health.sh) through the
+tiers in order, each tier's hosts being ops-agent URLs: observe, push to
+ROOT/releases/NAME, switch ROOT/current, check health. A failing tier is rolled
+back and the rollout halts.
+
+Options:
+  --artifact DIR        the local artifact directory
+  --release NAME        the release name, e.g. 1.2.3
+  --root DIR            the application root on every host (default /srv/app)
+  --tier NAME=URL,...   a tier and its agents' URLs (repeatable, in order)
+  -h, --help            this help
+
+Example:
+  deno run -A examples/sando_promote.ts --artifact ./dist --release 1.2.3 \\
+    --tier canary=http://100.101.7.12:7070 --tier prod=http://100.101.7.13:7070`;
+
 if (import.meta.main) {
-  const { values } = parseArgs({
-    options: {
-      artifact: { type: "string" },
-      release: { type: "string" },
-      root: { type: "string", default: "/srv/app" },
-      tier: { type: "string", multiple: true },
-    },
-  });
+  const values = exampleArgs("sando_promote.ts", SANDO_USAGE, {
+    artifact: { type: "string" },
+    release: { type: "string" },
+    root: { type: "string", default: "/srv/app" },
+    tier: { type: "string", multiple: true },
+  }) as { artifact?: string; release?: string; root: string; tier?: string[] };
   if (!values.artifact || !values.release || !values.tier?.length) {
-    console.error(
-      "usage: sando_promote.ts --artifact DIR --release NAME [--root DIR] --tier NAME=URL[,URL...]...",
+    usageError(
+      "sando_promote.ts",
+      "--artifact, --release and at least one --tier are required",
     );
-    Deno.exit(2);
+  }
+  for (const spec of values.tier) {
+    if (!/^[^=]+=[^=]+$/.test(spec)) {
+      usageError("sando_promote.ts", `--tier "${spec}": write NAME=URL[,URL...]`);
+    }
   }
   const caps = CapabilitySet.of(
     "sando.*",

@@ -24,6 +24,23 @@ export function baseEnvironment(): Record<string, string> {
   return env;
 }
 
+/**
+ * The directory a step without `cwd` starts in: the home directory of the
+ * account it runs as (`HOME`), as sshd starts every ssh session there, or
+ * `/` when there is none on disk (as sshd does). One rule on every
+ * transport, whatever directory the caller or the agent was started from.
+ */
+export function homeDirectory(): string {
+  const home = readOwn("HOME");
+  if (!home) return "/";
+  try {
+    return Deno.statSync(home).isDirectory ? home : "/";
+  } catch (error) {
+    // Not there; or not ours to look at (a narrower permission set): let the spawn say.
+    return error instanceof Deno.errors.NotFound ? "/" : home;
+  }
+}
+
 function readOwn(name: string): string | undefined {
   try {
     return Deno.env.get(name);

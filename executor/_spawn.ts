@@ -65,7 +65,13 @@ export interface ProcessSpec {
    * Rewrites stderr's bytes before they are split into lines. The ssh
    * transport strips its remote wrapper's status trailer here.
    */
-  stderrTransform?: TransformStream<Uint8Array, Uint8Array>;
+  stderrTransform?: ReadableWritablePair<Uint8Array, Uint8Array>;
+  /**
+   * Rewrites stdout's bytes before they are split into lines (not with
+   * `stdoutBytes`). The ssh transport drops what a remote login shell printed
+   * before its wrapper's start marker here.
+   */
+  stdoutTransform?: ReadableWritablePair<Uint8Array, Uint8Array>;
   /**
    * Called with the child as soon as it is spawned. The ssh transport's
    * long-lived session uses it to learn at once when its ssh client exits
@@ -167,9 +173,12 @@ export async function runProcess(
 
   const stdinDone = stdin.done;
   const lineOpts = { carriageReturnEndsLine: spec.carriageReturnEndsLine };
-  const stdoutDone = spec.stdoutBytes
-    ? pumpBytes(child.stdout, spec.stdoutBytes, gate)
-    : pumpLines(child.stdout, "stdout", gate, lineOpts);
+  const stdoutDone = spec.stdoutBytes ? pumpBytes(child.stdout, spec.stdoutBytes, gate) : pumpLines(
+    spec.stdoutTransform ? child.stdout.pipeThrough(spec.stdoutTransform) : child.stdout,
+    "stdout",
+    gate,
+    lineOpts,
+  );
   const stderr = spec.stderrTransform
     ? child.stderr.pipeThrough(spec.stderrTransform)
     : child.stderr;

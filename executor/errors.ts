@@ -15,6 +15,13 @@ export interface OpsExecErrorOptions {
 /**
  * The base class of every error ops-exec throws on purpose.
  *
+ * Each prints as one line a person can read, the same way everywhere:
+ * `String(error)`, `${error}` and `console.log(error)` (Deno and Node) give
+ * `Name: message` (with the code or kind in brackets where the name does not
+ * say it, e.g. `TransportError [unreachable]: web-1: ...`). The stack, the
+ * cause and the transport's diagnostics stay on the error (`.stack`,
+ * `.cause`, `.detail`), and an uncaught error still shows its stack.
+ *
  * @example Branching on the code
  * ```ts
  * import { OpsExecError } from "@makenot/ops-exec";
@@ -44,6 +51,30 @@ export class OpsExecError extends Error {
     this.name = "OpsExecError";
     this.code = code;
   }
+
+  /**
+   * The error as one line: `Name: message`, or `Name [code]: message` for
+   * an error of this base class (whose name says nothing of the code).
+   */
+  override toString(): string {
+    const tag = this.name === "OpsExecError" ? ` [${this.code}]` : "";
+    return oneLine(`${this.name}${tag}: ${this.message}`);
+  }
+
+  /** What Deno's `console.log` and `Deno.inspect` print: {@linkcode OpsExecError.toString}. */
+  [Symbol.for("Deno.customInspect")](): string {
+    return this.toString();
+  }
+
+  /** What Node's `console.log` and `util.inspect` print: {@linkcode OpsExecError.toString}. */
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return this.toString();
+  }
+}
+
+/** Line breaks inside a message become ` / `: an error prints as one line. */
+function oneLine(text: string): string {
+  return text.replace(/\s*[\r\n]+\s*/g, " / ");
 }
 
 /** Where a capability check refused an action. */
@@ -210,6 +241,11 @@ export class TransportError extends OpsExecError {
     this.kind = kind;
     this.host = host;
     if (options?.detail) this.detail = options.detail;
+  }
+
+  /** The error as one line: `TransportError [kind]: host: message`. */
+  override toString(): string {
+    return oneLine(`${this.name} [${this.kind}]: ${this.message}`);
   }
 }
 

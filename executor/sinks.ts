@@ -15,11 +15,33 @@ export interface ConsoleSinkOptions {
 }
 
 const encoder = new TextEncoder();
-const PALETTE = [36, 35, 34, 33, 32, 96, 95, 94, 93, 92];
+/** Host colours (ANSI SGR codes): red is left to errors, black and white to the text. */
+const PALETTE = [36, 35, 33, 32, 34, 96, 95, 93, 92, 94];
+/** How many hosts keep their colour; past this many the assignment starts over. */
+const MAX_REMEMBERED_HOSTS = 10_000;
+/** The colour index of every host a ConsoleSink has been made for, in order of first use. */
+const hostColours = new Map<string, number>();
 
 /**
- * Prints lines as `[host] text`, with stderr lines marked `[host!]`. The
- * prefix is coloured (one colour per host) only on a terminal.
+ * A host's colour: hosts get the palette's colours in the order their first
+ * sink is made, so the first ten hosts of a process
+ * (a fleet given to fanOut, in its order) all differ.
+ */
+function colourOf(host: string): number {
+  let index = hostColours.get(host);
+  if (index === undefined) {
+    if (hostColours.size >= MAX_REMEMBERED_HOSTS) hostColours.clear();
+    index = hostColours.size % PALETTE.length;
+    hostColours.set(host, index);
+  }
+  return PALETTE[index];
+}
+
+/**
+ * Prints lines as `[host] text`, and stderr lines as `[host stderr] text`.
+ * On a terminal the prefix is coloured, one colour per host: the first ten
+ * hosts a program prints (a fleet of up to ten, in the order their sinks are
+ * made) all get different colours.
  *
  * @example
  * ```ts
@@ -45,11 +67,10 @@ export class ConsoleSink implements LogSink {
     const color = opts.color === undefined || opts.color === "auto"
       ? !opts.writable && Deno.stdout.isTerminal() && !noColor()
       : opts.color;
-    const paint = (text: string) =>
-      color ? `\x1b[${PALETTE[hash(host) % PALETTE.length]}m${text}\x1b[0m` : text;
+    const paint = (text: string) => color ? `\x1b[${colourOf(host)}m${text}\x1b[0m` : text;
     this.#prefix = {
       stdout: paint(`[${host}]`) + " ",
-      stderr: paint(`[${host}!]`) + " ",
+      stderr: paint(`[${host} stderr]`) + " ",
     };
   }
 
@@ -208,12 +229,6 @@ function noColor(): boolean {
   } catch {
     return false;
   }
-}
-
-function hash(text: string): number {
-  let h = 0;
-  for (let i = 0; i < text.length; i++) h = (h * 31 + text.charCodeAt(i)) >>> 0;
-  return h;
 }
 
 async function writeAll(out: { write(p: Uint8Array): Promise<number> }, bytes: Uint8Array) {

@@ -1,4 +1,4 @@
-import { assertEquals, assertThrows } from "@deps/assert";
+import { assertEquals, assertNotEquals, assertThrows } from "@deps/assert";
 import { decodeJsonLines, encodeJsonLine, NdjsonError } from "./_ndjson.ts";
 import { CollectingSink, ConsoleSink, NdjsonSink, RedactingSink } from "./sinks.ts";
 import type { LogLine } from "./types.ts";
@@ -19,7 +19,27 @@ Deno.test("ConsoleSink prefixes the host and marks stderr, without colour off a 
   const sink = new ConsoleSink({ host: "web-1", writable: dest.writable });
   await sink.write(out("hello", 0));
   await sink.write(err("oops", 1));
-  assertEquals(dest.text(), "[web-1] hello\n[web-1!] oops\n");
+  assertEquals(dest.text(), "[web-1] hello\n[web-1 stderr] oops\n");
+});
+
+/** The colour code of the prefix a coloured sink for `host` writes. */
+async function colourOf(host: string): Promise<string> {
+  const dest = collector();
+  await new ConsoleSink({ host, writable: dest.writable, color: true }).write(out("x", 0));
+  // deno-lint-ignore no-control-regex
+  return /^\x1b\[(\d+)m/.exec(dest.text())![1];
+}
+
+Deno.test("18.5 a fleet's hosts get distinct colours: web-1 and db-1, and any ten hosts", async () => {
+  const [web, db] = [await colourOf("web-1"), await colourOf("db-1")];
+  assertNotEquals(web, db);
+  const fleet = Array.from({ length: 10 }, (_, i) => `fleet-${crypto.randomUUID()}-${i}`);
+  const colours = [];
+  for (const host of fleet) colours.push(await colourOf(host));
+  assertEquals(new Set(colours).size, 10, colours.join(" "));
+  // A host keeps its colour.
+  assertEquals(await colourOf("web-1"), web);
+  assertEquals(await colourOf(fleet[3]), colours[3]);
 });
 
 Deno.test("ConsoleSink colours the prefix only when asked (or on a TTY)", async () => {

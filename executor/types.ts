@@ -75,7 +75,15 @@ export interface SyncOpts {
   timeoutMs?: number;
   /** Cancels the transfer. */
   signal?: AbortSignal;
-  /** Called with rsync's progress as it runs. */
+  /**
+   * Called with rsync's progress as it runs. What it reports depends on the
+   * local rsync: rsync 3.1+ (`--info=progress2`) reports the whole transfer,
+   * `percent` by bytes. openrsync (macOS's `/usr/bin/rsync`) and older rsync
+   * only report each file (`--progress`): `bytes` then adds up the files so
+   * far, `percent` is the share of the file list done (it moves as each file
+   * finishes, and ends at 100), and `rate` is the current file's (empty when
+   * openrsync prints none, under 1 KB/s).
+   */
   onProgress?: (progress: SyncProgress) => void;
 }
 
@@ -87,9 +95,16 @@ export interface SyncResult {
   action: "sync.push" | "sync.pull";
   /** Files (regular) that were transferred. */
   filesTransferred: number;
-  /** Files rsync created (including directories). */
+  /**
+   * Files rsync created (including directories). Reported by rsync 3.x at
+   * both ends; 0 when openrsync is at either end (it does not count them).
+   */
   filesCreated: number;
-  /** Files rsync deleted. */
+  /**
+   * Files rsync deleted (`delete`). rsync 3.x at both ends counts them in
+   * `--stats`; with openrsync at either end they are counted from rsync's
+   * `deleting` lines.
+   */
   filesDeleted: number;
   /** Total size of the source tree's files, in bytes. */
   totalSize: number;

@@ -4,7 +4,12 @@ import { type Action, parseStepAction } from "./action.ts";
 
 /** The options every step may carry. */
 export interface StepOptions {
-  /** Absolute working directory on the target host. Default: the account's home. */
+  /**
+   * Absolute working directory on the target host. Default, on every
+   * transport: the home directory of the account the step runs as (yours
+   * for LocalExec, the remote account's over ssh, the agent's account for
+   * AgentRpc), or `/` when it has none on disk.
+   */
   cwd?: string;
   /** Variables added to the base environment (names `[A-Za-z_][A-Za-z0-9_]*`). */
   env?: Record<string, string>;
@@ -104,7 +109,7 @@ export class Step {
   readonly script?: string;
   /** The argv that runs: `[/bin/sh, -c, script]` for shell steps. */
   readonly argv: readonly string[];
-  /** Absolute working directory, if set. */
+  /** Absolute working directory, if set (else the account's home: see {@linkcode StepOptions.cwd}). */
   readonly cwd?: string;
   /** Extra environment variables (frozen). */
   readonly env: Readonly<Record<string, string>>;

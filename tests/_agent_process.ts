@@ -1,5 +1,5 @@
 // Starts the real ops-agent as a subprocess, exactly as `deno task agent`
-// does: `deno run --no-prompt -P=agent agent/main.ts --config FILE`, with the
+// does: `deno run --quiet --no-prompt -P=agent agent/main.ts --config FILE`, with the
 // permission set of deno.json, over real HTTP.
 
 import { join } from "@deps/path";
@@ -57,6 +57,7 @@ export async function startAgentProcess(
     ...(opts.prefix ?? []),
     Deno.execPath(),
     "run",
+    "--quiet",
     "--no-prompt",
     "-P=agent",
     join(REPO, "agent/main.ts"),

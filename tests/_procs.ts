@@ -107,3 +107,27 @@ export function descendantsOf(pid: number): number[] {
   found.delete(pid);
   return [...found];
 }
+
+/** A step's argv that prints its own signal dispositions and mask, as /proc shows them. */
+export const SIGNAL_STATE: readonly string[] = [
+  "grep",
+  "-E",
+  "^Sig(Ign|Blk):",
+  "/proc/self/status",
+];
+
+/**
+ * The standard signals (1-31) ignored (`Ign`) and blocked (`Blk`), read from
+ * SIGNAL_STATE's output, by number. (32 and 33 are glibc's own, which Deno's
+ * children inherit ignored, and no program can use.)
+ */
+export function ignoredOrBlocked(text: string): { Ign: number[]; Blk: number[] } {
+  const found = { Ign: [] as number[], Blk: [] as number[] };
+  for (const [, kind, hex] of text.matchAll(/^Sig(Ign|Blk):\s*([0-9a-f]+)$/gm)) {
+    const bits = BigInt(`0x${hex}`) & 0x7fffffffn;
+    for (let n = 1; n <= 31; n++) {
+      if (bits & (1n << BigInt(n - 1))) found[kind as "Ign" | "Blk"].push(n);
+    }
+  }
+  return found;
+}

@@ -8,6 +8,7 @@
 // Skipping: `sshdMissing()` returns the reason to skip (and throws under
 // CI=true, where nothing may be skipped), as tests/_prereq.ts does.
 
+import { ensureAccount } from "./_accounts.ts";
 import { findProgram, isRoot, missing } from "./_prereq.ts";
 
 /** The sshd binary, or `null`. */
@@ -55,6 +56,11 @@ export interface SshdOptions {
    * port search only sees this process's namespace); default 22.
    */
   commandPrefix?: string[];
+  /**
+   * More sshd_config lines, after SshExec's own: e.g. a `Match User` block
+   * whose `SetEnv PATH=...` gives an account a PATH without perl.
+   */
+  extraConfig?: string[];
 }
 
 /** A running private sshd and the files a client needs to reach it. */
@@ -127,7 +133,12 @@ export async function startSshd(opts: SshdOptions = {}): Promise<Sshd> {
     await Deno.writeTextFile(file("known_hosts"), `${hostPattern} ${keyPart(hostKey)}\n`);
     await Deno.writeTextFile(file("wrong_known_hosts"), `${hostPattern} ${keyPart(otherKey)}\n`);
     await Deno.writeTextFile(file("empty_known_hosts"), "");
-    await writeConfig(file("sshd_config"), { stateDir, listenAddress, port });
+    await writeConfig(file("sshd_config"), {
+      stateDir,
+      listenAddress,
+      port,
+      extra: opts.extraConfig ?? [],
+    });
     await Deno.writeTextFile(file("sshd.log"), "");
 
     const child = new Deno.Command(opts.commandPrefix?.[0] ?? SSHD, {
@@ -246,7 +257,7 @@ function handle(
 
 async function writeConfig(
   path: string,
-  c: { stateDir: string; listenAddress: string; port: number },
+  c: { stateDir: string; listenAddress: string; port: number; extra: string[] },
 ): Promise<void> {
   const lines = [
     `ListenAddress ${bracketed(c.listenAddress)}:${c.port}`,
@@ -271,6 +282,8 @@ async function writeConfig(
   // OpenSSH 9.8+ penalises sources that fail to authenticate; the failure
   // tests do that on purpose, from loopback. Older sshd lacks the option.
   if (await sshdAccepts("PerSourcePenalties no")) lines.push("PerSourcePenalties no");
+  // Match blocks run to the end of the file: they come last.
+  lines.push(...c.extra);
   await Deno.writeTextFile(path, lines.join("\n") + "\n");
 }
 
@@ -327,31 +340,7 @@ async function keygen(path: string): Promise<void> {
 
 /** The account to log in as under root: created once, with /bin/sh and no password. */
 async function ensureTestAccount(): Promise<string> {
-  const exists = await new Deno.Command("id", {
-    args: ["-u", TEST_ACCOUNT],
-    stdout: "null",
-    stderr: "null",
-  })
-    .output();
-  if (!exists.success) {
-    const add = await new Deno.Command("useradd", {
-      args: ["--create-home", "--shell", "/bin/sh", "--comment", "ops-exec tests", TEST_ACCOUNT],
-      stdin: "null",
-    }).output();
-    if (!add.success) {
-      throw new Error(`useradd ${TEST_ACCOUNT}: ${new TextDecoder().decode(add.stderr).trim()}`);
-    }
-  }
-  // A new account is locked ("!"); sshd refuses locked accounts even for keys.
-  // "*" means: no password, not locked.
-  const unlock = await new Deno.Command("usermod", {
-    args: ["-p", "*", TEST_ACCOUNT],
-    stdin: "null",
-  })
-    .output();
-  if (!unlock.success) {
-    throw new Error(`usermod ${TEST_ACCOUNT}: ${new TextDecoder().decode(unlock.stderr).trim()}`);
-  }
+  await ensureAccount({ name: TEST_ACCOUNT, shell: "/bin/sh" });
   return TEST_ACCOUNT;
 }
 
@@ -391,7 +380,8 @@ function currentUser(): string {
   return new TextDecoder().decode(out.stdout).trim();
 }
 
-function freePort(hostname: string): number {
+/** A port that was free on `hostname` a moment ago. */
+export function freePort(hostname: string): number {
   const listener = Deno.listen({ hostname, port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();

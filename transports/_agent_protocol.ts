@@ -143,6 +143,24 @@ export interface HealthBody {
   ok: true;
   version: string;
   protocol: number;
+  /**
+   * The rsync the agent runs for `/v1/sync`, from its `rsync --version`
+   * (`null` when it has none it may run). Absent from agents before it was
+   * added: those run rsync 3.x.
+   */
+  rsync?: RsyncFlavour | null;
+}
+
+/** Which rsync a side runs, as `rsync --version` tells. */
+export interface RsyncFlavour {
+  /** `rsync` (samba's, 2.x and 3.x) or `openrsync` (the open-source one, and Apple's fork). */
+  kind: "rsync" | "openrsync";
+  /** rsync's version (`3.2.7`); for Apple's openrsync the version it is compatible with; else empty. */
+  version: string;
+  /** The protocol version it speaks. */
+  protocol: number;
+  /** Apple's fork of openrsync (macOS 15+ `/usr/bin/rsync`). */
+  apple: boolean;
 }
 
 // --- the sync tunnel (/v1/sync) -------------------------------------------

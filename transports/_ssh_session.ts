@@ -11,7 +11,7 @@
 import { LineGate, pumpLines } from "../executor/_lines.ts";
 import { runProcess } from "../executor/_spawn.ts";
 import type { LogLine, LogSink } from "../executor/types.ts";
-import { SESSION_MAGIC } from "./_ssh_supervisor.ts";
+import { SESSION_MAGIC } from "./_ssh_remote.ts";
 import { parseStatus, type StepStatus } from "./_ssh_wrapper.ts";
 import { concat, indexOfBytes } from "../executor/_bytes.ts";
 

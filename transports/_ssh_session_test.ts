@@ -14,7 +14,7 @@ import {
 import { CollectingSink } from "../executor/sinks.ts";
 import type { LogSink } from "../executor/types.ts";
 import { findProgram } from "../tests/_prereq.ts";
-import { pidsWithCommandLine, waitFor } from "../tests/_procs.ts";
+import { ignoredOrBlocked, pidsWithCommandLine, SIGNAL_STATE, waitFor } from "../tests/_procs.ts";
 import {
   encodeAck,
   encodeKill,
@@ -24,7 +24,7 @@ import {
   type SessionRun,
   SshSession,
 } from "./_ssh_session.ts";
-import { sessionCommand } from "./_ssh_supervisor.ts";
+import { sessionCommand } from "./_ssh_remote.ts";
 
 const PERL = findProgram("/usr/bin/perl", "/usr/local/bin/perl", "/opt/homebrew/bin/perl");
 const HAS_PROC = (() => {
@@ -476,3 +476,27 @@ Deno.test("a host that sends beyond a step's window ends the session: a protocol
   assertEquals(sink.lines, []);
   await session.close();
 });
+
+perlTest(
+  "a step starts with default dispositions even when the session inherited SIGINT and SIGQUIT ignored",
+  async () => {
+    // An asynchronous list of dash: the supervisor inherits SIGINT and SIGQUIT ignored.
+    const session = new SshSession({
+      argv: ["/usr/bin/dash", "-c", `exec 3<&0; { ${sessionCommand()}; } <&3 & wait`],
+      env: { PATH: "/usr/bin:/bin", HOME: "/tmp", USER: "nobody", LANG: "C.UTF-8" },
+      lost: (end) => Promise.resolve(new Lost(end)),
+    });
+    try {
+      const { stdout } = await run(session, [...SIGNAL_STATE]);
+      assertEquals(ignoredOrBlocked(stdout), { Ign: [], Blk: [] });
+      const trapped = await run(session, [
+        "/bin/sh",
+        "-c",
+        "trap 'echo caught; exit 7' INT; kill -INT $$; sleep 5",
+      ]);
+      assertEquals([trapped.out.status, trapped.stdout], [{ exitCode: 7, signal: null }, "caught"]);
+    } finally {
+      await session.close();
+    }
+  },
+);

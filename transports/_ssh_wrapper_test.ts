@@ -5,14 +5,10 @@
 import fc from "@deps/fast-check";
 import { assert, assertEquals, assertStringIncludes } from "@deps/assert";
 import { findProgram } from "../tests/_prereq.ts";
-import {
-  encodeFrame,
-  KILL_REQUEST,
-  newNonce,
-  remoteCommand,
-  shellQuote,
-  TrailerStripper,
-} from "./_ssh_wrapper.ts";
+import { HAS_PROC, ignoredOrBlocked, SIGNAL_STATE } from "../tests/_procs.ts";
+import { shellsMissing } from "../tests/_shells.ts";
+import { shellQuote, stepCommand, type Waiter } from "./_ssh_remote.ts";
+import { encodeFrame, KILL_REQUEST, newNonce, StartGate, TrailerStripper } from "./_ssh_wrapper.ts";
 
 const PERL = findProgram("/usr/bin/perl", "/usr/local/bin/perl", "/opt/homebrew/bin/perl");
 const SETSID = findProgram("/usr/bin/setsid", "/bin/setsid");
@@ -34,6 +30,7 @@ Deno.test("shellQuote: a real /bin/sh reads any string back as one word", async 
 Deno.test("encodeFrame: the header counts the setup's bytes and lines and the stdin", () => {
   const frame = encodeFrame({
     nonce: "ab".repeat(16),
+    waiter: "time",
     killGraceMs: 2500,
     argv: ["printf", "a\nb", "ü"],
     env: { X: "1\n2" },
@@ -42,8 +39,12 @@ Deno.test("encodeFrame: the header counts the setup's bytes and lines and the st
   });
   const text = new TextDecoder().decode(frame);
   const [header] = text.split("\n", 1);
-  const [magic, nonce, grace, graceSeconds, setupBytes, setupLines, stdinBytes] = header.split(" ");
-  assertEquals([magic, nonce, grace, graceSeconds], ["OPSX1", "ab".repeat(16), "2500", "2.500"]);
+  const [magic, nonce, waiter, grace, graceSeconds, setupBytes, setupLines, stdinBytes] = header
+    .split(" ");
+  assertEquals(
+    [magic, nonce, waiter, grace, graceSeconds],
+    ["OPSX3", "ab".repeat(16), "time", "2500", "2.500"],
+  );
   const setup = frame.subarray(header.length + 1, header.length + 1 + Number(setupBytes));
   const setupText = new TextDecoder().decode(setup);
   assertEquals(setupText, `'/srv/a b' '1' 'X=1\n2' 'printf' 'a\nb' 'ü'\n`);
@@ -81,7 +82,7 @@ Deno.test("TrailerStripper: removes the trailer wherever the chunks split, keeps
       fc.oneof(fc.integer({ min: 0, max: 255 }).map((c) => `x:${c}`), fc.constant("s:SIGTERM")),
       fc.array(fc.nat(), { maxLength: 8 }),
       async (before, after, status, points) => {
-        const trailer = new TextEncoder().encode(`\0OPSX1:${nonce}:${status}\0`);
+        const trailer = new TextEncoder().encode(`\0OPSX3:${nonce}:${status}\0`);
         const whole = new Uint8Array([...before, ...trailer, ...after]);
         const { out, status: seen } = await strip(nonce, cut(whole, points));
         assertEquals([...out], [...before, ...after]);
@@ -100,7 +101,7 @@ Deno.test("TrailerStripper: removes the trailer wherever the chunks split, keeps
 });
 
 Deno.test("TrailerStripper: a trailer with another nonce (a step forging one) passes through untouched", async () => {
-  const forged = new TextEncoder().encode(`out\0OPSX1:${newNonce()}:x:0\0more`);
+  const forged = new TextEncoder().encode(`out\0OPSX3:${newNonce()}:x:0\0more`);
   const { out, status } = await strip(newNonce(), [forged]);
   assertEquals([...out], [...forged]);
   assertEquals(status, null);
@@ -110,12 +111,30 @@ Deno.test("TrailerStripper: a trailer with another nonce (a step forging one) pa
 async function supervise(
   kind: "perl" | "sh",
   argv: string[],
-  opts: { stdin?: Uint8Array; env?: Record<string, string>; cwd?: string; killAfterMs?: number } =
-    {},
+  opts: {
+    stdin?: Uint8Array;
+    env?: Record<string, string>;
+    cwd?: string;
+    killAfterMs?: number;
+    /** The shell that runs the sh supervisor (the host's /bin/sh), as argv before `-c`. */
+    shell?: string[];
+    waiter?: Waiter;
+    /** Printed by the "login shell" before the supervisor starts, as an rc file would. */
+    rcNoise?: boolean;
+    /** Start the supervisor as an asynchronous list (SIGINT and SIGQUIT ignored). */
+    asAsyncList?: boolean;
+  } = {},
 ) {
   const nonce = newNonce();
-  const child = new Deno.Command("/bin/sh", {
-    args: ["-c", remoteCommand(kind)],
+  const [shell, ...shellArgs] = opts.shell ?? ["/bin/sh"];
+  const supervisor = stepCommand(kind);
+  const command = opts.asAsyncList ? `exec 3<&0; { ${supervisor}; } <&3 & wait` : supervisor;
+  const child = new Deno.Command(shell, {
+    args: [
+      ...shellArgs,
+      "-c",
+      opts.rcNoise ? `echo rc-out; echo rc-err >&2; ${command}` : command,
+    ],
     env: { PATH: "/usr/bin:/bin", HOME: "/", USER: "nobody", LANG: "C.UTF-8" },
     clearEnv: true,
     stdin: "piped",
@@ -126,6 +145,7 @@ async function supervise(
   await writer.write(
     encodeFrame({
       nonce,
+      waiter: opts.waiter ?? "setsid",
       killGraceMs: 500,
       argv,
       env: opts.env ?? {},
@@ -137,14 +157,17 @@ async function supervise(
     ? undefined
     : setTimeout(() => writer.write(KILL_REQUEST).catch(() => {}), opts.killAfterMs);
   const stripper = new TrailerStripper(nonce);
+  const gates = { stdout: new StartGate(nonce), stderr: new StartGate(nonce) };
   const [stdout, stderr] = await Promise.all([
-    new Response(child.stdout).text(),
-    new Response(child.stderr.pipeThrough(stripper.transform)).text(),
+    new Response(child.stdout.pipeThrough(gates.stdout.transform)).text(),
+    new Response(
+      child.stderr.pipeThrough(gates.stderr.transform).pipeThrough(stripper.transform),
+    ).text(),
     child.status,
   ]);
   clearTimeout(timer);
   await writer.close().catch(() => {});
-  return { stdout, stderr, status: stripper.status };
+  return { stdout, stderr, status: stripper.status, junk: gates.stderr.junk + gates.stdout.junk };
 }
 
 for (const kind of ["perl", "sh"] as const) {
@@ -185,7 +208,7 @@ for (const kind of ["perl", "sh"] as const) {
 }
 
 Deno.test({
-  name: "perl supervisor tells exit 143 from death by SIGTERM (sh cannot)",
+  name: "perl supervisor tells exit 143 from death by SIGTERM",
   ignore: !PERL,
   fn: async () => {
     const exit = await supervise("perl", ["/bin/sh", "-c", "exit 143"]);
@@ -199,15 +222,84 @@ Deno.test({
   name: "the perl supervisor compiles under strict; the sh one parses",
   ignore: !PERL,
   fn: async () => {
-    const perl = remoteCommand("perl");
+    const perl = stepCommand("perl");
     const code = perl.slice(perl.indexOf("'"));
     const check = await new Deno.Command("/bin/sh", {
       args: ["-c", `perl -Mstrict -c -e ${code}`],
     }).output();
     assertStringIncludes(new TextDecoder().decode(check.stderr), "syntax OK");
     const sh = await new Deno.Command("/bin/sh", {
-      args: ["-c", remoteCommand("sh").replace("exec /bin/sh -c", "/bin/sh -n -c")],
+      args: ["-c", stepCommand("sh").replace("exec /bin/sh -c", "/bin/sh -n -c")],
     }).output();
     assert(sh.success, new TextDecoder().decode(sh.stderr));
+  },
+});
+
+/** The shells a host's /bin/sh may be, as argv before `-c`. */
+const SYSTEM_SHELLS: Record<string, string[]> = {
+  dash: ["/usr/bin/dash"],
+  "busybox ash": ["/usr/bin/busybox", "ash"],
+  bash: ["/usr/bin/bash", "--posix"],
+  ksh93: ["/usr/bin/ksh93"],
+  mksh: ["/usr/bin/mksh"],
+  yash: ["/usr/bin/yash"],
+  posh: ["/usr/bin/posh"],
+  zsh: ["/usr/bin/zsh", "--emulate", "sh"],
+};
+const systemShellsMissing = SETSID === null ? "setsid" : shellsMissing();
+
+Deno.test({
+  name:
+    "sh supervisor under every /bin/sh and waiter: default dispositions, exact exits, signals, INT traps, rc output dropped",
+  ignore: systemShellsMissing !== undefined || !HAS_PROC,
+  fn: async () => {
+    await Promise.all(
+      Object.entries(SYSTEM_SHELLS).map(async ([name, shell]) => {
+        for (const waiter of ["setsid", "time", "none"] as const) {
+          const where = `${name}, waiter ${waiter}`;
+          const run = (argv: string[], opts: Parameters<typeof supervise>[2] = {}) =>
+            supervise("sh", argv, { shell, waiter, ...opts });
+          const state = await run([...SIGNAL_STATE], { rcNoise: true });
+          assertEquals(ignoredOrBlocked(state.stdout), { Ign: [], Blk: [] }, where);
+          assertEquals(state.stderr, "", `${where}: rc output reached the step`);
+          assertStringIncludes(state.junk, "rc-out", where);
+          const exact = waiter !== "none";
+          for (const code of [0, 1, 126, 127, 143, 200, 255, 160, 192]) {
+            const { status } = await run(["sh", "-c", `exit ${code}`]);
+            const expected = !exact && code === 143
+              ? { exitCode: null, signal: "SIGTERM" } // sh alone cannot tell these apart
+              : { exitCode: code, signal: null };
+            assertEquals(status, expected, `${where}: exit ${code}`);
+          }
+          for (const signal of ["TERM", "KILL", "INT", "QUIT", "USR1"]) {
+            const { status } = await run(["sh", "-c", `kill -${signal} $$; sleep 5`]);
+            assertEquals(status, { exitCode: null, signal: `SIG${signal}` }, where);
+          }
+          const trapped = await run([
+            "sh",
+            "-c",
+            "trap 'echo caught; exit 7' INT; kill -INT $$; sleep 5; echo missed",
+          ]);
+          assertEquals([trapped.status, trapped.stdout], [
+            { exitCode: 7, signal: null },
+            "caught\n",
+          ]);
+          const asked = await run(["sleep", "30"], { killAfterMs: 100 });
+          assertEquals(asked.status, { exitCode: null, signal: "SIGTERM" }, where);
+        }
+      }),
+    );
+  },
+});
+
+Deno.test({
+  name: "perl supervisor: default dispositions whatever it inherited; rc output dropped",
+  ignore: !PERL || !HAS_PROC,
+  fn: async () => {
+    // Started as an asynchronous list of dash: perl inherits SIGINT and SIGQUIT ignored.
+    const state = await supervise("perl", [...SIGNAL_STATE], { asAsyncList: true });
+    assertEquals(ignoredOrBlocked(state.stdout), { Ign: [], Blk: [] });
+    const noisy = await supervise("perl", ["echo", "step"], { rcNoise: true });
+    assertEquals([noisy.stdout, noisy.stderr], ["step\n", ""]);
   },
 });

@@ -22,6 +22,7 @@ import type { Step } from "../step/step.ts";
 import {
   type CapabilitiesBody,
   type ErrorBody,
+  type HealthBody,
   HEARTBEAT_HEADER,
   NDJSON_TYPE,
   parseRefusal,
@@ -29,11 +30,25 @@ import {
   type RunEvent,
   type SyncRefusal,
 } from "./_agent_protocol.ts";
-import { gateSync, rsyncRemoteShell, runRsync } from "./_rsync.ts";
+import {
+  checkRsyncProgram,
+  gateSync,
+  mkpathPlan,
+  probeLocalRsync,
+  remoteShellCommand,
+  runRsync,
+} from "./_rsync.ts";
+import { givesNonBlockingStdio, protectsRemoteArgs, type RsyncFlavour } from "./_rsync_flavour.ts";
 
 /** Where the agent is, and how to reach it. */
 export interface AgentRpcOptions {
-  /** The agent's base URL, e.g. `http://100.101.102.103:7070`. */
+  /**
+   * The agent's address as a URL, e.g. `http://100.101.102.103:7070`: a
+   * scheme, a host and a port, nothing more (a path, query, fragment or user
+   * name is refused: the agent serves at the root of its address). ops-agent
+   * speaks plain HTTP (`https://` is refused); the tailnet (WireGuard)
+   * encrypts and authenticates the traffic.
+   */
   url: string;
   /**
    * The local address to connect from (e.g. this machine's tailnet address
@@ -59,6 +74,15 @@ export interface AgentRpcOptions {
    * fails with `TransportError` `timeout`. Default 5 000 ms; at least 500.
    */
   timeoutMarginMs?: number;
+  /**
+   * The local rsync program for push/pull, a name (looked up on the base
+   * PATH) or a path. Default `rsync`: on macOS the base PATH puts
+   * Homebrew's `/opt/homebrew/bin` (Apple silicon) and `/usr/local/bin`
+   * (Intel) before `/usr/bin`, so this is Homebrew's rsync 3.x when it is
+   * installed, else the system's `/usr/bin/rsync`, which since macOS 15 is
+   * openrsync. Both work; see docs/protocol.md for what differs.
+   */
+  rsyncProgram?: string;
 }
 
 /**
@@ -95,25 +119,23 @@ export class AgentRpc implements Executor {
   readonly #connectTimeoutMs: number;
   readonly #idleTimeoutMs: number;
   readonly #timeoutMarginMs: number;
+  readonly #rsyncProgram: string;
   #client: Deno.HttpClient | null = null;
+  #localRsync: Promise<RsyncFlavour> | null = null;
+  #agentRsync: Promise<RsyncFlavour> | null = null;
+  #scriptDir: Promise<string> | null = null;
 
   /**
    * Creates a client for one agent. Nothing is connected until the first call.
    *
    * @param opts The agent's URL and how to reach it.
    * @param caps The caller-side grant every call is checked against first.
-   * @throws {ConfigError} When the URL is not an http(s) URL.
+   * @throws {ConfigError} When the URL is not the `http://` URL of a bare
+   *   address (the message names what is wrong and the URL to use): an
+   *   `https://` URL too, since ops-agent speaks plain HTTP.
    */
   constructor(opts: AgentRpcOptions, caps: CapabilitySet) {
-    let base: URL;
-    try {
-      base = new URL(opts.url);
-    } catch {
-      throw new ConfigError("url", `"${opts.url}" is not a URL (e.g. http://100.101.102.103:7070)`);
-    }
-    if (base.protocol !== "http:" && base.protocol !== "https:") {
-      throw new ConfigError("url", `"${opts.url}" must be an http:// or https:// URL`);
-    }
+    const base = agentBase(opts.url);
     this.#base = base;
     this.#caps = caps;
     this.host = opts.host ?? base.host;
@@ -121,6 +143,7 @@ export class AgentRpc implements Executor {
     this.#connectTimeoutMs = opts.connectTimeoutMs ?? 30_000;
     this.#idleTimeoutMs = Math.max(1500, opts.idleTimeoutMs ?? 45_000);
     this.#timeoutMarginMs = Math.max(500, opts.timeoutMarginMs ?? 5_000);
+    this.#rsyncProgram = checkRsyncProgram(opts.rsyncProgram);
   }
 
   /** The caller-side grant this executor is scoped to. */
@@ -359,7 +382,9 @@ export class AgentRpc implements Executor {
    * its ceiling.
    *
    * Needs permission to run `rsync` and this Deno (`Deno.execPath()`): rsync's
-   * remote shell is the tunnel program `sync_tunnel.ts`, run by Deno.
+   * remote shell is the tunnel program `sync_tunnel.ts`, run by Deno. With
+   * openrsync as the local rsync, also to write a small remote-shell script
+   * to a private directory under `/tmp` (removed by `close()`).
    *
    * @throws {CapabilityDenied} Scope `caller` before anything starts; scope `agent` when the agent refuses.
    * @throws {TransportError} `sync_failed` with rsync's words, `unknown_peer`, `unreachable`, `timeout`.
@@ -383,11 +408,18 @@ export class AgentRpc implements Executor {
     return this.#sync("sync.push", localPath, remotePath, opts);
   }
 
-  /** Closes the pooled HTTP connections. Idempotent; a later call opens new ones. */
-  close(): Promise<void> {
+  /**
+   * Closes the pooled HTTP connections and removes the remote-shell script
+   * directory, if one was made. Idempotent; a later call opens new ones.
+   */
+  async close(): Promise<void> {
     this.#client?.close();
     this.#client = null;
-    return Promise.resolve();
+    const dir = this.#scriptDir;
+    this.#scriptDir = null;
+    if (dir !== null) {
+      await dir.then((path) => Deno.remove(path, { recursive: true })).catch(() => {});
+    }
   }
 
   /** Same as {@linkcode AgentRpc.close}. */
@@ -402,16 +434,44 @@ export class AgentRpc implements Executor {
     opts: SyncOpts,
   ): Promise<SyncResult> {
     const target = gateSync(this.#caps, action, remotePath, this.host);
+    opts.signal?.throwIfAborted();
     try {
+      const [local, remote] = await Promise.all([this.#localFlavour(), this.#agentFlavour()]);
+      const plan = mkpathPlan(action, local, remote);
+      // The tunnel is a Deno program, whose stdout must be a blocking
+      // descriptor: rsync 3.x gives one with --blocking-io; openrsync cannot,
+      // so the tunnel then writes rsync's bytes on stderr (swapped stdio).
+      const swapStdio = givesNonBlockingStdio(local);
+      const words = tunnelWords(this.#base, this.#localAddress, {
+        mkpath: action === "sync.push" && plan === "inject",
+        swapStdio,
+      });
       return await runRsync({
         host: this.host,
         action,
         localPath,
         remotePath: target,
         remotePrefix: "ops-agent:",
-        remoteShell: tunnelCommand(this.#base, this.#localAddress),
-        // The tunnel is a Deno program: its stdout must be a blocking descriptor.
-        extraArgs: ["--blocking-io"],
+        program: this.#rsyncProgram,
+        local,
+        remote,
+        mkpath: plan === "option",
+        remoteShell: await remoteShellCommand(words, {
+          local,
+          scriptDir: local.kind === "openrsync" ? await this.#scriptDirectory() : undefined,
+          name: "tunnel",
+          swapStdio,
+          key: "url",
+        }),
+        // openrsync's own default command on the other end may be
+        // `openrsync`; the agent runs `rsync --server` vectors only.
+        rsyncPath: local.kind === "openrsync" ? "rsync" : undefined,
+        extraArgs: [
+          ...(swapStdio ? [] : ["--blocking-io"]),
+          // rsync 3.2.4+ escapes the remote path for a remote login shell;
+          // the tunnel is none (it passes the words as they are).
+          ...(protectsRemoteArgs(local) ? ["--old-args"] : []),
+        ],
       }, opts);
     } catch (error) {
       const refusal = error instanceof TransportError && error.kind === "sync_failed"
@@ -428,6 +488,59 @@ export class AgentRpc implements Executor {
       const body = typeof refusal.body === "string" ? refusal.body : JSON.stringify(refusal.body);
       throw await this.#errorFor(new Response(body, { status: refusal.status }), action);
     }
+  }
+
+  /** What the local rsync is (asked once). */
+  #localFlavour(): Promise<RsyncFlavour> {
+    const probe = this.#localRsync ??= probeLocalRsync(this.#rsyncProgram, this.host);
+    probe.catch(() => {
+      if (this.#localRsync === probe) this.#localRsync = null;
+    });
+    return probe;
+  }
+
+  /** What the agent's rsync is, from its `/v1/health` (asked once). */
+  #agentFlavour(): Promise<RsyncFlavour> {
+    const asked = this.#agentRsync ??= (async () => {
+      const response = await this.#fetch(PATHS.health, { method: "GET" });
+      if (!response.ok) throw await this.#errorFor(response);
+      const body = await this.#json(response) as Partial<HealthBody> | null;
+      if (body?.rsync === undefined) return ASSUMED_AGENT_RSYNC;
+      if (body.rsync === null) {
+        throw new TransportError(
+          "sync_failed",
+          this.host,
+          `the agent at ${this.#base.origin} has no rsync it may run (its /v1/health says ` +
+            `"rsync": null): install rsync on that host, or set agent.rsync in its config`,
+        );
+      }
+      const rsync = body.rsync as Partial<RsyncFlavour>;
+      if (
+        (rsync.kind !== "rsync" && rsync.kind !== "openrsync") ||
+        typeof rsync.version !== "string" || typeof rsync.protocol !== "number" ||
+        typeof rsync.apple !== "boolean"
+      ) {
+        throw this.#protocol(
+          `the agent's /v1/health names an rsync ops-exec cannot read: ${
+            JSON.stringify(body.rsync)
+          }`,
+        );
+      }
+      return rsync as RsyncFlavour;
+    })();
+    asked.catch(() => {
+      if (this.#agentRsync === asked) this.#agentRsync = null;
+    });
+    return asked;
+  }
+
+  /** A private directory for the remote-shell script (created once, removed by close()). */
+  #scriptDirectory(): Promise<string> {
+    const made = this.#scriptDir ??= Deno.makeTempDir({ dir: "/tmp", prefix: "oe-rpc-" });
+    made.catch(() => {
+      if (this.#scriptDir === made) this.#scriptDir = null;
+    });
+    return made;
   }
 
   /**
@@ -548,13 +661,67 @@ function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/** A short reason for a failed connection, from the error chain. */
-function reachability(error: unknown): string {
+/**
+ * The agent's base URL from `url`: http(s), a host, a port, nothing else.
+ *
+ * @throws {ConfigError} Naming what is wrong and the URL to use instead.
+ */
+function agentBase(url: string): URL {
+  const example = "http://100.101.102.103:7070";
+  if (typeof url !== "string" || url === "") {
+    throw new ConfigError("url", `must be the agent's URL, e.g. ${example}`);
+  }
+  let base: URL | undefined;
+  try {
+    base = new URL(url);
+  } catch {
+    // No scheme ("100.101.102.103:7070"), or not a URL at all: below.
+  }
+  if (base?.protocol === "https:") {
+    throw new ConfigError(
+      "url",
+      `"${url}" asks for TLS, but ops-agent speaks plain HTTP on the tailnet, which WireGuard ` +
+        `already encrypts and authenticates: use http://${base.host}`,
+    );
+  }
+  if (base === undefined || base.protocol !== "http:") {
+    const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(url);
+    throw new ConfigError(
+      "url",
+      scheme
+        ? `"${url}" must be an http:// URL (ops-agent speaks HTTP), e.g. ${example}`
+        : `"${url}" has no scheme: write http://${url}`,
+    );
+  }
+  const bare = `http://${base.host}`;
+  const extra = [
+    base.username || base.password ? "a user name or password" : "",
+    base.pathname !== "/" ? `the path ${base.pathname}` : "",
+    base.search ? `the query ${base.search}` : "",
+    base.hash ? `the fragment ${base.hash}` : "",
+  ].filter(Boolean);
+  if (extra.length > 0) {
+    throw new ConfigError(
+      "url",
+      `"${url}" has ${extra.join(" and ")}; ops-agent serves at the root of its address and ` +
+        `identifies callers by their tailnet address: use ${bare}`,
+    );
+  }
+  return base;
+}
+
+/** Every message of an error and its causes, joined. */
+function errorChain(error: unknown): string {
   const chain: string[] = [];
   for (let e: unknown = error; e instanceof Error && chain.length < 4; e = e.cause) {
     chain.push(e.message);
   }
-  const all = chain.join(": ");
+  return chain.join(": ");
+}
+
+/** A short reason for a failed connection, from the error chain. */
+function reachability(error: unknown): string {
+  const all = errorChain(error);
   if (/refused/i.test(all)) return "connection refused (is ops-agent running and listening there?)";
   if (/timed? ?out/i.test(all)) return `connection timed out (${all})`;
   if (/unreachable|no route/i.test(all)) return `no route to the host (${all})`;
@@ -562,12 +729,27 @@ function reachability(error: unknown): string {
 }
 
 /**
- * rsync's remote shell for an agent: this Deno running the tunnel program,
- * allowed to reach the agent and nothing else. From a checkout, with the
- * package's own deno.json (its import map); from JSR, with none (the
- * published module carries its imports resolved).
+ * The agent's rsync when its `/v1/health` does not say: agents from before
+ * it did ran rsync 3.x and took `--mkpath`.
  */
-function tunnelCommand(base: URL, localAddress: string | undefined): string {
+const ASSUMED_AGENT_RSYNC: RsyncFlavour = {
+  kind: "rsync",
+  version: "3.2.3",
+  protocol: 31,
+  apple: false,
+};
+
+/**
+ * rsync's remote shell for an agent, as words: this Deno running the tunnel
+ * program, allowed to reach the agent and nothing else. From a checkout,
+ * with the package's own deno.json (its import map); from JSR, with none
+ * (the published module carries its imports resolved).
+ */
+function tunnelWords(
+  base: URL,
+  localAddress: string | undefined,
+  flags: { mkpath: boolean; swapStdio: boolean },
+): string[] {
   const program = new URL("./sync_tunnel.ts", import.meta.url);
   // Binding the source address is a net access of its own ("IP:0").
   const allowNet = [base.host];
@@ -579,7 +761,9 @@ function tunnelCommand(base: URL, localAddress: string | undefined): string {
   args.push(program.protocol === "file:" ? `--config=${config.pathname}` : "--no-config");
   args.push(program.href, `--url=${base.origin}`);
   if (localAddress !== undefined) args.push(`--local-address=${localAddress}`);
-  return rsyncRemoteShell(Deno.execPath(), args, "url");
+  if (flags.mkpath) args.push("--mkpath");
+  if (flags.swapStdio) args.push("--stdio=swapped");
+  return [Deno.execPath(), ...args];
 }
 
 /** The tunnel's refusal report among rsync's stderr lines, if there is one. */

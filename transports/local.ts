@@ -1,6 +1,6 @@
 import type { CapabilitySet } from "../capability/capability_set.ts";
 import { assertAllowed } from "../capability/guard.ts";
-import { baseEnvironment } from "../executor/_env.ts";
+import { baseEnvironment, homeDirectory } from "../executor/_env.ts";
 import { observeLocalHost } from "../executor/_observe.ts";
 import { runProcess, toRunOutput } from "../executor/_spawn.ts";
 import type {
@@ -14,12 +14,28 @@ import type {
 } from "../executor/types.ts";
 import type { Step } from "../step/step.ts";
 import { assertLeadsInside } from "../executor/_resolve.ts";
-import { gateSync, runRsync } from "./_rsync.ts";
+import {
+  checkRsyncProgram,
+  gateSync,
+  mkpathPlan,
+  probeLocalRsync,
+  pushDirectory,
+  runRsync,
+} from "./_rsync.ts";
+import type { RsyncFlavour } from "./_rsync_flavour.ts";
 
 /** Options of {@linkcode LocalExec}. */
 export interface LocalExecOptions {
   /** The name results and errors give this host. Default `localhost`. */
   host?: string;
+  /**
+   * The rsync program for push/pull, a name (looked up on the base PATH) or
+   * a path. Default `rsync`: on macOS the base PATH puts Homebrew's
+   * `/opt/homebrew/bin` (Apple silicon) and `/usr/local/bin` (Intel) before
+   * `/usr/bin`, so this is Homebrew's rsync 3.x when it is installed, else
+   * the system's `/usr/bin/rsync`, which since macOS 15 is openrsync.
+   */
+  rsyncProgram?: string;
 }
 
 /**
@@ -43,16 +59,20 @@ export class LocalExec implements Executor {
   /** The name of this host in results and errors. */
   readonly host: string;
   readonly #caps: CapabilitySet;
+  readonly #rsyncProgram: string;
+  #rsync: Promise<RsyncFlavour> | null = null;
 
   /**
    * An executor for this machine, scoped to `caps`.
    *
    * @param caps The caller-side grant every call is checked against.
-   * @param opts The host name to report.
+   * @param opts The host name to report, the rsync to use.
+   * @throws {ConfigError} When `rsyncProgram` is not a one-line string.
    */
   constructor(caps: CapabilitySet, opts: LocalExecOptions = {}) {
     this.#caps = caps;
     this.host = opts.host ?? "localhost";
+    this.#rsyncProgram = checkRsyncProgram(opts.rsyncProgram);
   }
 
   /** The caller-side grant this executor is scoped to. */
@@ -70,7 +90,7 @@ export class LocalExec implements Executor {
     const result = await runProcess({
       argv: step.argv,
       env: { ...baseEnvironment(), ...step.env },
-      cwd: step.cwd,
+      cwd: step.cwd ?? homeDirectory(),
       stdin: step.stdin,
       timeoutMs: step.timeoutMs,
       killGraceMs: step.killGraceMs,
@@ -127,8 +147,32 @@ export class LocalExec implements Executor {
     opts: SyncOpts,
   ): Promise<SyncResult> {
     const target = gateSync(this.#caps, action, remotePath, this.host);
-    // This machine's own paths: checked after symlinks too, as an agent does.
+    // This machine's own paths: checked after symlinks too, as an agent does,
+    // before anything (rsync, or the directory made for it) touches them.
     await assertLeadsInside(this.#caps, action, target, this.host);
-    return await runRsync({ host: this.host, action, localPath, remotePath: target }, opts);
+    opts.signal?.throwIfAborted();
+    const probe = this.#rsync ??= probeLocalRsync(this.#rsyncProgram, this.host);
+    probe.catch(() => {
+      if (this.#rsync === probe) this.#rsync = null;
+    });
+    const flavour = await probe;
+    // Both ends are this program (openrsync runs its receiver as
+    // `--rsync-path`, else `rsync` from the PATH).
+    const plan = mkpathPlan(action, flavour, flavour);
+    if (action === "sync.push" && plan === "none" && !opts.dryRun) {
+      const dir = pushDirectory(this.#caps, target);
+      if (dir !== null) await Deno.mkdir(dir, { recursive: true });
+    }
+    return await runRsync({
+      host: this.host,
+      action,
+      localPath,
+      remotePath: target,
+      program: this.#rsyncProgram,
+      local: flavour,
+      remote: flavour,
+      mkpath: plan === "option",
+      rsyncPath: flavour.kind === "openrsync" ? this.#rsyncProgram : undefined,
+    }, opts);
   }
 }

@@ -3,6 +3,7 @@ import { CapabilitySet } from "../capability/mod.ts";
 import { CapabilityDenied, StepError, TransportError } from "../executor/errors.ts";
 import type { SyncProgress } from "../executor/types.ts";
 import { missing, RSYNC } from "../tests/_prereq.ts";
+import { OPENRSYNC } from "../tests/_openrsync.ts";
 import { LocalExec } from "./local.ts";
 
 const skip = () => missing([RSYNC !== null, "rsync"]) !== undefined;
@@ -161,9 +162,59 @@ Deno.test("a symlink inside the granted root that leads out of it is refused bef
   assertEquals(pull.scope, "caller");
   assertEquals(await listTree(outside), { "secret.txt": "secret" }, "nothing was written outside");
   assertFalse(await Deno.stat(`${base}/stolen`).then(() => true, () => false), "rsync never ran");
+  // openrsync gets its destination's parents made first: the check comes before that too.
+  if (OPENRSYNC !== null) {
+    const open = new LocalExec(CapabilitySet.of(`sync.push:${granted}`), {
+      rsyncProgram: OPENRSYNC,
+    });
+    await assertRejects(() => open.push(`${src}/`, `${granted}/out/deeper/new/`), CapabilityDenied);
+  }
+  assertFalse(
+    await Deno.lstat(`${outside}/deeper`).then(() => true, () => false),
+    "no directory made outside",
+  );
 
   // A link that stays inside the root is fine.
   await exec.push(`${src}/`, `${granted}/in/`);
   assertEquals((await listTree(`${granted}/real`))["a.txt"], "alpha");
+  await Deno.remove(base, { recursive: true });
+});
+
+Deno.test("rsyncProgram: openrsync pushes into a new nested path and pulls back; its --stats read", async () => {
+  if (missing([OPENRSYNC !== null, "openrsync (../shared/peers/openrsync or $OPENRSYNC)"])) return;
+  const { base, src, granted } = await fixture();
+  const exec = new LocalExec(CapabilitySet.of(`sync.push:${granted}`, `sync.pull:${granted}`), {
+    rsyncProgram: OPENRSYNC!,
+  });
+  const dest = `${granted}/new dir/ñ/app/`;
+  const pushed = await exec.push(`${src}/`, dest, { exclude: ["*.log"] });
+  assertEquals(await listTree(dest), {
+    "a.txt": "alpha",
+    "nested/deep/b.txt": "beta",
+    "empty": "",
+  });
+  assertEquals(pushed.filesTransferred, 3);
+  assertEquals(pushed.literalBytes, 9);
+  const again = await exec.push(`${src}/`, dest, { exclude: ["*.log"] });
+  assertEquals([again.filesTransferred, again.literalBytes], [0, 0]);
+  // One file to a new name in a new directory: its parent is made first.
+  await exec.push(`${src}/a.txt`, `${granted}/files/new/copy.txt`);
+  assertEquals(await Deno.readTextFile(`${granted}/files/new/copy.txt`), "alpha");
+  // A local pull is a local transfer: openrsync sends, so it works.
+  const pulled = await exec.pull(dest, `${base}/back/`);
+  assertEquals(pulled.filesTransferred, 3);
+  assertEquals(await listTree(`${base}/back`), await listTree(dest));
+  await Deno.remove(base, { recursive: true });
+});
+
+Deno.test("rsyncProgram that is no rsync: a spawn_failed error that says so, before anything runs", async () => {
+  const { base, src, granted } = await fixture();
+  for (const program of ["/nonexistent/rsync", "/bin/true"]) {
+    const exec = new LocalExec(CapabilitySet.of(`sync.push:${granted}`), { rsyncProgram: program });
+    const error = await assertRejects(() => exec.push(`${src}/`, `${granted}/x/`), TransportError);
+    assertEquals(error.kind, "spawn_failed");
+    assert(error.message.includes(program), error.message);
+  }
+  assertFalse(await Deno.stat(`${granted}/x`).then(() => true, () => false));
   await Deno.remove(base, { recursive: true });
 });

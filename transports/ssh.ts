@@ -14,8 +14,18 @@ import type {
   SyncResult,
 } from "../executor/types.ts";
 import type { Step } from "../step/step.ts";
-import { gateSync, rsyncRemoteShell, runRsync } from "./_rsync.ts";
 import {
+  checkRsyncProgram,
+  gateSync,
+  mkpathPlan,
+  probeLocalRsync,
+  pushDirectory,
+  remoteShellCommand,
+  runRsync,
+} from "./_rsync.ts";
+import { BASELINE_RSYNC, parseRsyncVersion, type RsyncFlavour } from "./_rsync_flavour.ts";
+import {
+  checkFileExists,
   checkSshOptions,
   checkWord,
   rsyncHost,
@@ -23,15 +33,24 @@ import {
   sshOptionArgs,
   type SshTarget,
 } from "./_ssh_args.ts";
+import { hopLog, jumpProxyCommand, readSshFacts, type SshFacts } from "./_ssh_config.ts";
 import { parseProbe, probeArgv } from "./_ssh_observe.ts";
 import { type SessionEnd, type SessionRun, SshSession } from "./_ssh_session.ts";
-import { sessionCommand } from "./_ssh_supervisor.ts";
+import {
+  connectCommand,
+  isCshFamily,
+  parseConnectProbe,
+  type RemoteFacts,
+  sessionCommand,
+  stepCommand,
+  supervisorProblem,
+} from "./_ssh_remote.ts";
 import {
   encodeFrame,
   KILL_REQUEST,
   newNonce,
-  remoteCommand,
   type RemoteSupervisor,
+  StartGate,
   TrailerStripper,
   wrapperFailure,
 } from "./_ssh_wrapper.ts";
@@ -49,11 +68,20 @@ export interface SshExecOptions {
   /** A known_hosts file to check the host key against instead of `~/.ssh/known_hosts`. */
   knownHostsFile?: string;
   /**
+   * An ssh config file to read instead of `~/.ssh/config` (ssh `-F`; `"none"`
+   * reads none). Its `Host` aliases, `ProxyJump`, `UserKnownHostsFile` and
+   * the like apply as they would to `ssh -F file`.
+   */
+  configFile?: string;
+  /**
    * More ssh_config options, each written `Name=value` and passed as `-o`.
    * They come before SshExec's own defaults, so they win: e.g.
    * `["StrictHostKeyChecking=accept-new"]` or `["ProxyJump=bastion"]`.
    * `ControlMaster`, `ControlPath`, `ControlPersist`, `BatchMode`,
-   * `RequestTTY` and the like are managed by SshExec and refused.
+   * `RequestTTY` and the like are managed by SshExec and refused; `Include`
+   * belongs in a `configFile`. A ProxyJump's hops (from here or from the
+   * config file) are reached with this executor's `identityFile`,
+   * `knownHostsFile` and `configFile` too.
    */
   sshOptions?: string[];
   /** How long the multiplexed master outlives its last use, in seconds. Default 60. */
@@ -61,10 +89,12 @@ export interface SshExecOptions {
   /** The ssh program. Default `/usr/bin/ssh` where it exists, else `ssh` on the base PATH. */
   sshProgram?: string;
   /**
-   * How the remote side supervises a step: `perl` (exact wait status; on
-   * macOS and virtually every Linux server), `sh` (POSIX sh and setsid(1):
-   * a status above 128 reads as a signal), or `auto` (the default: perl
-   * where the remote account finds it, else sh).
+   * How the remote side supervises a step: `perl` (on macOS and virtually
+   * every Linux server), `sh` (POSIX sh and setsid(1); the exact wait
+   * status where the host has util-linux `setsid -f -w` or BusyBox `time`,
+   * else a status from 129 to 159 reads as a signal), or `auto` (the
+   * default: perl where the remote account finds it, else sh). A choice
+   * the host cannot run fails the first step with a `protocol` error.
    */
   remoteSupervisor?: RemoteSupervisor;
   /**
@@ -75,6 +105,16 @@ export interface SshExecOptions {
    * where a long-lived session is not wanted.
    */
   sessionPerStep?: boolean;
+  /**
+   * The local rsync program for push/pull, a name (looked up on the base
+   * PATH) or a path. Default `rsync`: on macOS the base PATH puts
+   * Homebrew's `/opt/homebrew/bin` (Apple silicon) and `/usr/local/bin`
+   * (Intel) before `/usr/bin`, so this is Homebrew's rsync 3.x when it is
+   * installed, else the system's `/usr/bin/rsync`, which since macOS 15 is
+   * openrsync. The remote side runs the `rsync` its account's PATH finds.
+   * Either end may be rsync 3.x or openrsync (see docs/ssh.md).
+   */
+  rsyncProgram?: string;
 }
 
 /** The default of {@linkcode SshExecOptions.persistSeconds}. */
@@ -99,8 +139,9 @@ const OBSERVE_TIMEOUT_MS = 30_000;
  * ssh session and a POSIX sh supervisor per step). Either way a step runs in
  * its own process group, with exactly the stated base environment plus
  * `step.env`, no tty (stdout and stderr stay apart); a timeout, a cancel or
- * a dropped connection kills the whole group. Quoting assumes a POSIX login
- * shell on the remote account (sh, bash, dash, ksh, zsh). See docs/ssh.md.
+ * a dropped connection kills the whole group. The remote account's login
+ * shell may be any POSIX shell (sh, bash, dash, ksh, zsh, BusyBox ash, ...)
+ * or fish; a csh is refused with a `protocol` error. See docs/ssh.md.
  *
  * @example
  * ```ts
@@ -125,7 +166,14 @@ export class SshExec implements Executor {
   readonly #program: string;
   readonly #supervisor: RemoteSupervisor;
   readonly #sessionPerStep: boolean;
+  readonly #rsyncProgram: string;
   #resolved: "perl" | "sh" = "sh";
+  /** What ssh makes of the options (`ssh -G`), read before the first connection. */
+  #facts: SshFacts | null = null;
+  /** What the connect probe found on the host (login shell, perl, setsid, waiter). */
+  #remote: RemoteFacts | null = null;
+  #localRsync: Promise<RsyncFlavour> | null = null;
+  #remoteRsync: Promise<RsyncFlavour> | null = null;
   #controlDir: string | null = null;
   #master: Promise<void> | null = null;
   #session: SshSession | null = null;
@@ -137,7 +185,8 @@ export class SshExec implements Executor {
    *
    * @param opts Where and how to reach the host.
    * @param caps The caller-side grant every call is checked against.
-   * @throws {ConfigError} When an option is malformed (the message names it).
+   * @throws {ConfigError} When an option is malformed, or `identityFile` or
+   *   `configFile` names no file (the message names the option).
    */
   constructor(opts: SshExecOptions, caps: CapabilitySet) {
     if (typeof opts !== "object" || opts === null) {
@@ -166,15 +215,25 @@ export class SshExec implements Executor {
       port: opts.port,
       identityFile: checkWord("identityFile", opts.identityFile),
       knownHostsFile: checkWord("knownHostsFile", opts.knownHostsFile),
+      configFile: checkWord("configFile", opts.configFile),
       sshOptions: checkSshOptions(opts.sshOptions),
       persistSeconds: persist,
     };
+    checkFileExists(
+      "identityFile",
+      this.#target.identityFile,
+      "it is the private key SshExec offers the host: check the path",
+    );
+    if (this.#target.configFile !== "none") {
+      checkFileExists("configFile", this.#target.configFile, "it is the ssh config file (ssh -F)");
+    }
     this.#program = checkWord("sshProgram", opts.sshProgram) ?? defaultSshProgram();
     if (opts.sessionPerStep !== undefined && typeof opts.sessionPerStep !== "boolean") {
       throw new ConfigError("sessionPerStep", `must be true or false, got ${opts.sessionPerStep}`);
     }
     this.#supervisor = supervisor;
     this.#sessionPerStep = opts.sessionPerStep ?? false;
+    this.#rsyncProgram = checkRsyncProgram(opts.rsyncProgram);
     this.host = this.#target.host;
     this.#caps = caps;
   }
@@ -299,6 +358,7 @@ export class SshExec implements Executor {
     if (dir === null) return;
     this.#controlDir = null;
     this.#master = null;
+    this.#remoteRsync = null;
     await this.#control("exit", dir).catch(() => {});
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
@@ -331,20 +391,20 @@ export class SshExec implements Executor {
   }
 
   async #openMaster(): Promise<void> {
+    // What ssh makes of the options, before anything connects: a rejected
+    // option is a ConfigError here, and ProxyJump hops get our options.
+    this.#facts ??= await readSshFacts(this.#program, this.#target, this.#sshEnvironment());
     this.#controlDir ??= await Deno.makeTempDir({ dir: "/tmp", prefix: "oe-" });
     await Deno.chmod(this.#controlDir, 0o700);
+    const hopLogs = this.#facts.jumps.map((_, i) => hopLog(this.#controlDir!, i));
+    // ssh -E appends: each opening starts with empty hop logs.
+    await Promise.all(hopLogs.map((path) => Deno.writeTextFile(path, "")));
     const marker = newNonce();
     const lines: LogLine[] = [];
-    // One command proves the login shell runs commands, and finds out which
-    // supervisor the host can use.
+    // One command proves the login shell runs commands, names it, and finds
+    // out which supervisor the host can use.
     const result = await runProcess({
-      argv: [
-        this.#program,
-        ...this.#sshArgs(),
-        "--",
-        this.host,
-        `echo ${marker}; command -v perl >/dev/null 2>&1 && echo perl || echo sh`,
-      ],
+      argv: [this.#program, ...this.#sshArgs(), "--", this.host, connectCommand(marker)],
       env: this.#sshEnvironment(),
       killGraceMs: 1000,
       timeoutMs: CONNECT_TIMEOUT_MS,
@@ -358,10 +418,13 @@ export class SshExec implements Executor {
       );
     }
     const stdout = lines.filter((l) => l.stream === "stdout").map((l) => l.text);
-    const at = stdout.indexOf(marker);
-    if (at >= 0) {
-      const found = stdout[at + 1] === "perl" ? "perl" : "sh";
-      this.#resolved = this.#supervisor === "auto" ? found : this.#supervisor;
+    const facts = parseConnectProbe(stdout, marker);
+    if (facts) {
+      this.#checkLoginShell(facts);
+      this.#remote = facts;
+      this.#resolved = this.#supervisor === "auto"
+        ? (facts.perl ? "perl" : "sh")
+        : this.#supervisor;
       return;
     }
     const stderr = lines.filter((l) => l.stream === "stderr").map((l) => l.text).join("\n");
@@ -373,13 +436,35 @@ export class SshExec implements Executor {
         { detail: stderr },
       );
     }
-    if (result.exitCode === 255 || stderr !== "") throw sshFailure(this.#target, stderr, "connect");
+    if (result.exitCode === 255 || stderr !== "") {
+      const hops = await Promise.all(this.#facts.jumps.map(async (jump, i) => ({
+        spec: jump.spec,
+        said: (await Deno.readTextFile(hopLogs[i]).catch(() => "")).replaceAll("\r", ""),
+      })));
+      throw sshFailure(this.#target, stderr, "connect", {
+        knownHostsFiles: this.#facts.knownHostsFiles,
+        hops,
+      });
+    }
     throw new TransportError(
       "protocol",
       this.host,
       `the remote login shell did not run a plain command (exit ${result.exitCode}); ` +
         `SshExec needs a POSIX shell on the remote account`,
       { detail: stdout.join("\n") },
+    );
+  }
+
+  /** A csh reads none of SshExec's commands as meant: say so, by name, before anything runs. */
+  #checkLoginShell(facts: RemoteFacts): void {
+    if (!isCshFamily(facts.shell)) return;
+    const account = this.#target.user ?? "the remote account";
+    throw new TransportError(
+      "protocol",
+      this.host,
+      `the login shell of ${account} is ${facts.shell}, a csh; SshExec needs a POSIX login ` +
+        `shell (sh, bash, dash, ksh, zsh, ...) or fish on the remote account: give it one ` +
+        `(chsh -s /bin/sh${this.#target.user ? ` ${this.#target.user}` : ""})`,
     );
   }
 
@@ -397,12 +482,21 @@ export class SshExec implements Executor {
   }
 
   #sshArgs(dir = this.#controlDir!): string[] {
-    return sshOptionArgs(this.#target, `${dir}/m`);
+    const jumps = this.#facts?.jumps ?? [];
+    const proxy = jumps.length === 0
+      ? undefined
+      : jumpProxyCommand(this.#program, this.#target, jumps, dir);
+    return sshOptionArgs(this.#target, `${dir}/m`, proxy);
   }
 
-  /** ssh's environment: the base one plus the agent socket, so agent keys work as for plain ssh. */
+  /**
+   * ssh's environment: the base one plus the agent socket, so agent keys
+   * work as for plain ssh; `SHELL` is sh, which runs a ProxyCommand (the
+   * jump hops' commands are quoted for a POSIX shell).
+   */
   #sshEnvironment(): Record<string, string> {
     const env = baseEnvironment();
+    env.SHELL = "/bin/sh";
     const agent = readEnv("SSH_AUTH_SOCK");
     if (agent) env.SSH_AUTH_SOCK = agent;
     return env;
@@ -416,6 +510,11 @@ export class SshExec implements Executor {
     sink: LogSink,
     signal?: AbortSignal,
   ): Promise<RunOutput> {
+    const problem = this.#remote && supervisorProblem(this.#supervisor, this.#remote);
+    if (problem) {
+      // Found when the master opened: nothing of the step is sent.
+      return Promise.reject(new TransportError("protocol", this.host, problem));
+    }
     return this.#resolved === "perl" && !this.#sessionPerStep
       ? this.#runInSession(action, run, sink, signal)
       : this.#runOwnSession(action, run, sink, signal);
@@ -518,13 +617,15 @@ export class SshExec implements Executor {
     signal?: AbortSignal,
   ): Promise<RunOutput> {
     const nonce = newNonce();
+    const started = { stdout: new StartGate(nonce), stderr: new StartGate(nonce) };
     const trailer = new TrailerStripper(nonce);
     const tail = new StderrTail(sink);
     const result = await runProcess({
-      argv: [this.#program, ...this.#sshArgs(), "--", this.host, remoteCommand(this.#resolved)],
+      argv: [this.#program, ...this.#sshArgs(), "--", this.host, stepCommand(this.#resolved)],
       env: this.#sshEnvironment(),
       stdin: encodeFrame({
         nonce,
+        waiter: this.#remote?.waiter ?? "none",
         killGraceMs: run.killGraceMs,
         argv: run.argv,
         env: run.env,
@@ -536,10 +637,11 @@ export class SshExec implements Executor {
       timeoutMs: run.timeoutMs,
       killGraceMs: run.killGraceMs,
       signal,
-      stderrTransform: trailer.transform,
+      stdoutTransform: started.stdout.transform,
+      stderrTransform: pipeline(started.stderr.transform, trailer.transform),
       terminate: (child, graceMs, stdin) => stopRemote(child, graceMs, stdin),
     }, tail);
-    return await this.#outcome(action, result, trailer, tail);
+    return await this.#outcome(action, result, trailer, tail, started);
   }
 
   /** Reads the run's outcome: the wrapper's trailer when there is one, else what ssh did. */
@@ -548,6 +650,7 @@ export class SshExec implements Executor {
     result: ProcessResult,
     trailer: TrailerStripper,
     tail: StderrTail,
+    started: { stdout: StartGate; stderr: StartGate },
   ): Promise<RunOutput> {
     const output = (exitCode: number | null, signal: string | null): RunOutput => ({
       host: this.host,
@@ -565,7 +668,10 @@ export class SshExec implements Executor {
     // wrapper had the grace and a margin to answer and did not: the
     // connection is gone and the step's fate on the host is unknown.
     if (result.timedOut || result.cancelled) return output(null, null);
-    const detail = tail.text();
+    // Before the start marker, stderr carried ssh's and the supervisor's own
+    // words (and rc-file output), none of it the step's.
+    const detail = [started.stderr.junk, tail.text(), started.stdout.junk]
+      .map((text) => text.trim()).filter(Boolean).join("\n");
     if (result.exitCode === 255 || result.signal !== null) {
       const masterUp = (await this.#control("check")) === 0;
       if (!masterUp) this.#master = null;
@@ -614,18 +720,120 @@ export class SshExec implements Executor {
     this.#active++;
     try {
       await this.#connect(opts.signal);
+      const [local, remote] = await Promise.all([this.#localFlavour(), this.#remoteFlavour()]);
+      const plan = mkpathPlan(action, local, remote);
+      if (action === "sync.push" && plan === "none" && !opts.dryRun) {
+        await this.#makeRemoteDirectory(target, opts.signal);
+      }
       return await runRsync({
         host: this.host,
         action,
         localPath,
         remotePath: target,
         remotePrefix: `${rsyncHost(this.host)}:`,
-        remoteShell: rsyncRemoteShell(this.#program, this.#sshArgs()),
+        remoteShellParsesPath: true,
+        program: this.#rsyncProgram,
+        local,
+        remote,
+        mkpath: plan === "option",
+        remoteShell: await remoteShellCommand([this.#program, ...this.#sshArgs()], {
+          local,
+          scriptDir: this.#controlDir!,
+        }),
+        // What the remote account's PATH finds, as probed; with --mkpath
+        // added where the receiver knows it and the local rsync cannot send it.
+        rsyncPath: plan === "inject"
+          ? "rsync --mkpath"
+          : local.kind === "openrsync"
+          ? "rsync"
+          : undefined,
         env: this.#sshEnvironment(),
       }, opts);
     } finally {
       this.#active--;
       this.#lastUse = Date.now();
+    }
+  }
+
+  /** What the local rsync is (asked once). */
+  #localFlavour(): Promise<RsyncFlavour> {
+    const probe = this.#localRsync ??= probeLocalRsync(this.#rsyncProgram, this.host);
+    probe.catch(() => {
+      if (this.#localRsync === probe) this.#localRsync = null;
+    });
+    return probe;
+  }
+
+  /**
+   * What `rsync` is on the remote account's PATH, found the way rsync's own
+   * `rsync --server` is (a command over the master, through the login
+   * shell). Asked once per master.
+   */
+  #remoteFlavour(): Promise<RsyncFlavour> {
+    const probe = this.#remoteRsync ??= this.#probeRemoteRsync();
+    probe.catch(() => {
+      if (this.#remoteRsync === probe) this.#remoteRsync = null;
+    });
+    return probe;
+  }
+
+  async #probeRemoteRsync(): Promise<RsyncFlavour> {
+    const lines: LogLine[] = [];
+    const result = await runProcess({
+      argv: [this.#program, ...this.#sshArgs(), "--", this.host, "rsync --version"],
+      env: this.#sshEnvironment(),
+      killGraceMs: 1000,
+      timeoutMs: OBSERVE_TIMEOUT_MS,
+      ownSession: false,
+    }, { write: (line) => void lines.push(line) });
+    const text = lines.map((line) => line.text).join("\n");
+    const flavour = parseRsyncVersion(text);
+    if (flavour) return flavour;
+    const stderr = lines.filter((l) => l.stream === "stderr").map((l) => l.text).join("\n");
+    if (result.exitCode === 255) throw sshFailure(this.#target, stderr, "step");
+    if (result.exitCode === 127 || /not found/i.test(stderr)) {
+      throw new TransportError(
+        "sync_failed",
+        this.host,
+        `the remote account has no rsync on its PATH: install rsync on ${this.host}` +
+          `${stderr ? ` (${stderr.split("\n").slice(-1)[0]})` : ""}`,
+        { detail: text },
+      );
+    }
+    // An rsync that answers in words we do not know: assume the oldest 3.x.
+    return BASELINE_RSYNC;
+  }
+
+  /**
+   * For a receiver that cannot create missing parents (no --mkpath): makes
+   * the gated target directory (or its parent, where the same grant covers
+   * it) with `mkdir -p`, as a step over the master.
+   */
+  async #makeRemoteDirectory(target: string, signal?: AbortSignal): Promise<void> {
+    const dir = pushDirectory(this.#caps, target);
+    if (dir === null) return;
+    const stderr: string[] = [];
+    const out = await this.#runRemote("sync.push", {
+      argv: ["mkdir", "-p", "--", dir],
+      env: {},
+      timeoutMs: OBSERVE_TIMEOUT_MS,
+      killGraceMs: 1000,
+    }, {
+      write(line: LogLine) {
+        if (line.stream === "stderr") stderr.push(line.text);
+      },
+    }, signal);
+    if (out.cancelled) throw signal?.reason;
+    if (!out.success) {
+      const detail = stderr.join("\n").trim();
+      throw new TransportError(
+        "sync_failed",
+        this.host,
+        `sync.push ${target}: cannot create ${dir} (${describeEnd(out)})${
+          detail ? `: ${detail.split("\n")[0]}` : ""
+        }`,
+        { detail },
+      );
     }
   }
 }
@@ -655,6 +863,14 @@ async function stopRemote(
   } catch {
     // Already gone.
   }
+}
+
+/** Two transforms as one. */
+function pipeline(
+  first: TransformStream<Uint8Array, Uint8Array>,
+  second: TransformStream<Uint8Array, Uint8Array>,
+): ReadableWritablePair<Uint8Array, Uint8Array> {
+  return { writable: first.writable, readable: first.readable.pipeThrough(second) };
 }
 
 /** `promise`, or the signal's reason as soon as it aborts. */

@@ -2,7 +2,13 @@
 // of ssh, it opens the agent's /v1/sync WebSocket and carries rsync's stdin
 // and stdout over it. rsync runs it as
 //
-//   <deno> run ... sync_tunnel.ts --url=http://AGENT:7070 [--local-address=IP] HOST rsync --server ...
+//   <deno> run ... sync_tunnel.ts --url=http://AGENT:7070 [--local-address=IP] [--mkpath]
+//       [--stdio=swapped] HOST rsync --server ...
+//
+// `--mkpath` adds rsync's `--mkpath` to the vector (before its `. PATH`),
+// for a local rsync that cannot send it (openrsync) to an agent rsync that
+// knows it. `--stdio=swapped`: rsync's connection is this program's stderr
+// and rsync's stderr its stdout (see writeData).
 //
 // The agent identifies the caller by the connection's source address (whois),
 // validates the `rsync --server` argument vector and checks the capability
@@ -30,13 +36,28 @@ async function main(args: string[]): Promise<number> {
   const split = args.findIndex((arg) => !arg.startsWith("--"));
   const { values } = parseArgs({
     args: args.slice(0, split < 0 ? args.length : split),
-    options: { url: { type: "string" }, "local-address": { type: "string" } },
+    options: {
+      url: { type: "string" },
+      "local-address": { type: "string" },
+      mkpath: { type: "boolean" },
+      stdio: { type: "string" },
+    },
   });
+  const swapped = values.stdio === "swapped";
+  const data = swapped ? Deno.stderr : Deno.stdout;
+  const diagnostics = swapped ? Deno.stdout : Deno.stderr;
   const remote = args.slice(split + 1); // after the host name rsync passes
   if (!values.url || split < 0 || remote[0] !== "rsync") {
-    console.error("sync_tunnel: usage: --url=URL [--local-address=IP] HOST rsync --server ...");
+    await writeAll(
+      diagnostics,
+      new TextEncoder().encode(
+        "sync_tunnel: usage: --url=URL [--local-address=IP] [--mkpath] [--stdio=swapped] " +
+          "HOST rsync --server ...\n",
+      ),
+    );
     return 2;
   }
+  if (values.mkpath && remote.at(-2) === ".") remote.splice(remote.length - 2, 0, "--mkpath");
   const url = new URL("/v1/sync", values.url);
   url.searchParams.set("argv", JSON.stringify(remote));
 
@@ -48,7 +69,7 @@ async function main(args: string[]): Promise<number> {
       ? { status: error.status, body: parseJson(error.body), message: error.message }
       : { status: 0, body: null, message: String(error) };
     await writeAll(
-      Deno.stderr,
+      diagnostics,
       new TextEncoder().encode(`${REFUSED_PREFIX}${JSON.stringify(refusal)}\n`),
     );
     return 255;
@@ -60,13 +81,13 @@ async function main(args: string[]): Promise<number> {
   const encoder = new TextEncoder();
   for await (const message of ws.messages) {
     if (typeof message !== "string") {
-      await writeAll(Deno.stdout, message);
+      await (swapped ? writeData(data, message) : writeAll(data, message));
       continue;
     }
     const event = parseJson(message) as { stderr?: string; exit?: number; ack?: number } | null;
     if (event?.ack !== undefined) flow.acknowledge(event.ack);
     if (event?.stderr !== undefined) {
-      await writeAll(Deno.stderr, encoder.encode(`${event.stderr}\n`));
+      await writeAll(diagnostics, encoder.encode(`${event.stderr}\n`));
     }
     if (event?.exit !== undefined) exit = event.exit;
   }
@@ -78,9 +99,32 @@ async function main(args: string[]): Promise<number> {
 }
 
 // rsync hands its remote shell a non-blocking socket unless it runs with
-// --blocking-io (AgentRpc passes it). Deno's writes to a non-blocking
-// descriptor can write part of a buffer and still fail with WouldBlock, which
-// no retry can repair (the bytes written are not reported): fail clearly.
+// --blocking-io (AgentRpc passes it to rsync 3.x). Deno's stdout is
+// line-buffered: a write to a non-blocking descriptor can take part of a
+// buffer and still fail with WouldBlock, which no retry can repair (the
+// bytes taken are not reported): fail clearly.
+//
+// openrsync has no --blocking-io: its remote shell always gets a
+// non-blocking socket. Deno's stderr is unbuffered (one write(2) per call:
+// WouldBlock means nothing was written), so under openrsync AgentRpc runs
+// this program through a script that swaps the two (--stdio=swapped):
+// rsync's bytes go out on stderr, with a retry when the socket is full.
+
+/** Writes all of `bytes` to an unbuffered, possibly non-blocking descriptor (our stderr). */
+async function writeData(out: { write(p: Uint8Array): Promise<number> }, bytes: Uint8Array) {
+  let offset = 0;
+  let wait = 0;
+  while (offset < bytes.length) {
+    try {
+      offset += await out.write(bytes.subarray(offset));
+      wait = 0;
+    } catch (error) {
+      if (!(error instanceof Deno.errors.WouldBlock)) throw error;
+      wait = Math.min(wait + 1, 10);
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+}
 
 /** Writes all of `bytes`. */
 async function writeAll(out: { write(p: Uint8Array): Promise<number> }, bytes: Uint8Array) {
@@ -99,13 +143,13 @@ async function writeAll(out: { write(p: Uint8Array): Promise<number> }, bytes: U
 
 /** Reads the next chunk of stdin (`null` at its end), riding out a non-blocking descriptor. */
 async function readStdin(buffer: Uint8Array): Promise<Uint8Array | null> {
-  for (;;) {
+  for (let wait = 1;; wait = Math.min(wait + 1, 10)) {
     try {
       const n = await Deno.stdin.read(buffer);
       return n === null ? null : buffer.slice(0, n);
     } catch (error) {
       if (!(error instanceof Deno.errors.WouldBlock)) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 1));
+      await new Promise((resolve) => setTimeout(resolve, wait));
     }
   }
 }
@@ -158,4 +202,17 @@ function parseJson(text: string): unknown {
   }
 }
 
-if (import.meta.main) Deno.exit(await main(Deno.args));
+if (import.meta.main) {
+  // Under --stdio=swapped our stderr is rsync's connection: a failure must
+  // be told on stdout, never thrown into the data stream.
+  const swapped = Deno.args.includes("--stdio=swapped");
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (error) {
+    const text = `sync_tunnel: ${error instanceof Error ? error.message : String(error)}\n`;
+    await (swapped ? Deno.stdout : Deno.stderr).write(new TextEncoder().encode(text)).catch(() =>
+      0
+    );
+    Deno.exit(255);
+  }
+}

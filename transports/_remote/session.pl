@@ -1,43 +1,40 @@
-// The persistent remote supervisor of SshExec: one perl program per ssh
-// session (one session per executor, over the master), which runs every step
-// of that executor. It reads request frames from its stdin and writes
-// multiplexed frames to its stdout; both directions use the same framing:
-//
-//   <type: 1 byte> <id: u32 big-endian> <length: u32 big-endian> <payload>
-//
-// local -> host
-//   R  run step <id>: u32 graceMs, u32 env count, u32 stdin bytes, u32 window,
-//      then NUL-separated strings (cwd, NAME=value..., argv...), then the stdin
-//   K  kill step <id>: SIGTERM to its group, its grace, SIGKILL to the group
-//   A  acknowledge step <id>: u32 stdout bytes, u32 stderr bytes consumed
-//      (credit given back: flow control per step and stream)
-// host -> local
-//   H  hello (id 0, payload "OPSX2"): the supervisor runs; bytes before it
-//      (a chatty shell rc file) are not frames
-//   O  stdout bytes of step <id>;  E  stderr bytes of step <id>
-//   X  the end of step <id>: "x:<code>" or "s:<SIGNAME>" (perl's wait status,
-//      exact); nothing of <id> follows it
-//   k  a kill request for <id> was received (the session is alive)
-//
-// Each step runs in its own process group with exactly the base environment
-// plus the step's own variables (the rules of the per-step wrapper,
-// _ssh_wrapper.ts), stdout and stderr on pipes of their own. The supervisor
-// reads a step's pipe only while the local side has credit left for it
-// (`window` bytes per stream, replenished by A frames), so a slow sink slows
-// that step alone, through its pipe. When the step's main process ends, what
-// is left of its group gets SIGKILL, the pipes are read to their end (or
-// until idle for 2 s while there is credit: a process that left the group
-// may hold them), and the X frame follows. EOF on stdin (the executor
-// closed, the local ssh was killed, the connection dropped) sends SIGTERM to
-// every running step's group, SIGKILL after its grace, and ends the
-// supervisor once they are gone.
-
-import { shellQuote } from "./_ssh_wrapper.ts";
-
-/** The hello payload; bump it when the framing changes. */
-export const SESSION_MAGIC = "OPSX2";
-
-const PERL_SESSION = String.raw`
+# The persistent remote supervisor of SshExec: one perl program per ssh
+# session (one session per executor, over the master), which runs every step
+# of that executor. It reads request frames from its stdin and writes
+# multiplexed frames to its stdout; both directions use the same framing:
+#
+#   <type: 1 byte> <id: u32 big-endian> <length: u32 big-endian> <payload>
+#
+# local -> host
+#   R  run step <id>: u32 graceMs, u32 env count, u32 stdin bytes, u32 window,
+#      then NUL-separated strings (cwd, NAME=value..., argv...), then the stdin
+#   K  kill step <id>: SIGTERM to its group, its grace, SIGKILL to the group
+#   A  acknowledge step <id>: u32 stdout bytes, u32 stderr bytes consumed
+#      (credit given back: flow control per step and stream)
+# host -> local
+#   H  hello (id 0, payload "OPSX2"): the supervisor runs; bytes before it
+#      (a chatty shell rc file) are not frames
+#   O  stdout bytes of step <id>;  E  stderr bytes of step <id>
+#   X  the end of step <id>: "x:<code>" or "s:<SIGNAME>" (perl's wait status,
+#      exact); nothing of <id> follows it
+#   k  a kill request for <id> was received (the session is alive)
+#
+# Each step runs in its own process group with exactly the base environment
+# plus the step's own variables (the rules of the per-step wrapper,
+# _ssh_wrapper.ts), stdout and stderr on pipes of their own. The supervisor
+# reads a step's pipe only while the local side has credit left for it
+# (`window` bytes per stream, replenished by A frames), so a slow sink slows
+# that step alone, through its pipe. When the step's main process ends, what
+# is left of its group gets SIGKILL, the pipes are read to their end (or
+# until idle for 2 s while there is credit: a process that left the group
+# may hold them), and the X frame follows. EOF on stdin (the executor
+# closed, the local ssh was killed, the connection dropped) sends SIGTERM to
+# every running step's group, SIGKILL after its grace, and ends the
+# supervisor once they are gone.
+#
+# Sent as `perl -e`; its @@-delimited names are filled in by _ssh_remote.ts.
+# It must read the same under every login shell that passes it on (POSIX sh
+# and fish): no backslash before a quote or another backslash.
 use POSIX ();
 use Time::HiRes ();
 require Config;
@@ -49,8 +46,7 @@ my $dead = 0;
 $SIG{$_} = sub { $dead = 1 } for qw(TERM HUP INT);
 binmode STDIN;
 binmode STDOUT;
-my %base = (PATH => (-d "/opt/homebrew/bin" ? "/opt/homebrew/bin:" : "") .
-  "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin");
+my %base = (PATH => (-d "/opt/homebrew/bin" ? "/opt/homebrew/bin:" : "") . "@@BASE_PATH@@");
 for (qw(HOME USER LOGNAME SHELL TMPDIR)) { $base{$_} = $ENV{$_} if defined $ENV{$_} && $ENV{$_} ne "" }
 $base{LANG} = defined $ENV{LANG} && $ENV{LANG} ne "" ? $ENV{LANG}
   : $^O eq "darwin" ? "en_US.UTF-8" : "C.UTF-8";
@@ -93,7 +89,10 @@ sub start {
   my $pid = fork;
   return refuse($id, "fork: $!") unless defined $pid;
   if ($pid == 0) {
-    $SIG{$_} = "DEFAULT" for qw(PIPE CHLD TERM HUP INT);
+    # Default dispositions and an empty mask, whatever perl inherited (an
+    # ignored SIGINT would make the step's own trap and kill -INT do nothing).
+    $SIG{$_} = "DEFAULT" for @@RESET_SIGNALS@@;
+    POSIX::sigprocmask(POSIX::SIG_SETMASK(), POSIX::SigSet->new);
     setpgrp(0, 0);
     open(STDOUT, ">&", $x[0]);
     open(STDERR, ">&", $x[1]);
@@ -154,7 +153,7 @@ sub request {
     exit 98;
   }
 }
-put("H", 0, "OPSX2");
+put("H", 0, "@@SESSION_MAGIC@@");
 my $n = 0;
 for (;;) {
   if ($dead) { kill "KILL", -$_->{pid} for grep { !defined $_->{st} } values %st; exit 0 }
@@ -229,15 +228,4 @@ for (;;) {
       }
     }
   }
-}
-`;
-
-/**
- * The command ssh runs on the host for the session supervisor (one string,
- * read by the remote account's POSIX login shell).
- */
-export function sessionCommand(): string {
-  // LC_ALL=C spares perl reading locale files; a step's environment is built
-  // from scratch, so no step sees it.
-  return `LC_ALL=C exec perl -e ${shellQuote(PERL_SESSION.trim())}`;
 }
