@@ -11,6 +11,7 @@ import { WsClient } from "../transports/_ws_client.ts";
 import { loopbackConfig, rssBytes, startAgentProcess } from "./_agent_process.ts";
 import { exists, missing, RSYNC } from "./_prereq.ts";
 import { descendantsOf, waitFor } from "./_procs.ts";
+import { OPENRSYNC, openrsyncHost } from "./_openrsync.ts";
 
 const skip = () => missing([RSYNC !== null, "rsync"]) !== undefined;
 const ALL = CapabilitySet.of("sync.*");
@@ -26,7 +27,9 @@ interface Fixture extends AsyncDisposable {
 }
 
 /** A temp tree, and an agent whose ceiling grants push/pull under `root` only. */
-async function fixture(extra: { config?: string; maxConcurrent?: number } = {}): Promise<Fixture> {
+async function fixture(
+  extra: { config?: string; maxConcurrent?: number; prefix?: string[] } = {},
+): Promise<Fixture> {
   await Deno.mkdir("/tmp/ops-agent", { recursive: true });
   const base = await Deno.realPath(
     await Deno.makeTempDir({ dir: "/tmp/ops-agent", prefix: "sealed-" }),
@@ -38,7 +41,7 @@ async function fixture(extra: { config?: string; maxConcurrent?: number } = {}):
     ceiling: [`sync.push:${root}`, `sync.pull:${root}`],
     maxConcurrent: extra.maxConcurrent,
   }).replace("[identity]", `${extra.config ?? ""}\n[identity]`);
-  const agent = await startAgentProcess(toml);
+  const agent = await startAgentProcess(toml, { prefix: extra.prefix });
   return {
     base,
     root,
@@ -164,18 +167,28 @@ function isAgentRsync(pid: number): boolean {
   }
 }
 
-const MODES = [
-  ["namespace", 'sync_confinement = "namespace"'],
-  ["none", 'sync_confinement = "none"'],
-] as const;
+/**
+ * The agents the confinement is tried with: [name, [agent] lines, command
+ * prefix]. "openrsync agent" runs in a mount namespace whose /usr/bin/rsync is
+ * openrsync (none of rsync 3.x's safeguards): the namespace alone confines it.
+ */
+const MODES: [string, string, string[] | undefined][] = [
+  ["namespace", 'sync_confinement = "namespace"', undefined],
+  ["none", 'sync_confinement = "none"', undefined],
+  ...(OPENRSYNC === null ? [] : [[
+    "namespace, openrsync agent",
+    'sync_confinement = "namespace"\nrsync = "/usr/bin/rsync"',
+    openrsyncHost(),
+  ] as [string, string, string[]]]),
+];
 
-for (const [mode, config] of MODES) {
+for (const [mode, config, prefix] of MODES) {
   for (const plant of ["a second allowed push", "ln -s on disk"] as const) {
     Deno.test(`the race (${mode}): a held push to ROOT/new/, ROOT/new -> outside planted by ${plant}, then released: nothing is written outside`, async () => {
       if (skip()) {
         return;
       }
-      await using fx = await fixture({ config });
+      await using fx = await fixture({ config, prefix });
       await write(`${fx.base}/src/payload.txt`, "payload");
       const held = heldTransfer(fx, "push", `${fx.base}/src/`, `${fx.root}/new/`);
       await agentRsyncStarted(fx, `${fx.root}/new`);
@@ -198,7 +211,7 @@ for (const [mode, config] of MODES) {
 
     Deno.test(`the race (${mode}): a held pull of ROOT/new/, ROOT/new -> outside planted by ${plant}, then released: nothing is read outside`, async () => {
       if (skip()) return;
-      await using fx = await fixture({ config });
+      await using fx = await fixture({ config, prefix });
       await write(`${fx.outside}/secret.txt`, "secret");
       const back = `${fx.base}/back`;
       await Deno.mkdir(back);
@@ -237,10 +250,13 @@ async function byHand(fx: Fixture, args: string[]) {
   return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
 }
 
-for (const [mode, config] of MODES) {
+// Not with the openrsync agent: rsync 3.x will not send these rules to a
+// protocol-27 peer ("filter rules are too modern for remote rsync"). What
+// confines an openrsync agent's merge files is the same namespace as above.
+for (const [mode, config, prefix] of MODES.filter(([, , prefix]) => prefix === undefined)) {
   Deno.test(`filter rules (${mode}): a dir-merge naming a file above the root, or a merge inside the root naming one outside it, changes nothing and reveals nothing`, async () => {
     if (skip()) return;
-    await using fx = await fixture({ config });
+    await using fx = await fixture({ config, prefix });
     await write(`${fx.root}/app/a.txt`, "a");
     await write(`${fx.root}/app/b.log`, "b");
     await write(`${fx.base}/.rules`, "- *.txt\n"); // above the root
@@ -499,10 +515,10 @@ async function legitimateTree(src: string) {
   await Deno.symlink("../a/b", `${src}/docs/latest`);
 }
 
-for (const [mode, config] of MODES) {
+for (const [mode, config, prefix] of MODES) {
   Deno.test(`legitimate trees (${mode}) still sync byte-identical: a .framework with Versions/Current -> A, nested new dirs, unicode names, delete`, async () => {
     if (skip()) return;
-    await using fx = await fixture({ config });
+    await using fx = await fixture({ config, prefix });
     const src = `${fx.base}/src`;
     await legitimateTree(src);
     await using rpc = new AgentRpc({ url: fx.agentUrl }, ALL);
@@ -673,7 +689,7 @@ Deno.test("a pushed link that leads out of the tree (absolute, or climbing above
   assertEquals(await listing(`${fx.root}/links`), { "kept.txt": "kept", inside: "-> kept.txt" });
 });
 
-for (const [mode, config] of MODES) {
+for (const [mode, config, prefix] of MODES) {
   Deno.test(`a first push creates a granted root that does not exist yet (${mode}); a pull of it is refused`, async () => {
     if (skip()) return;
     await Deno.mkdir("/tmp/ops-agent", { recursive: true });
@@ -683,7 +699,7 @@ for (const [mode, config] of MODES) {
     const root = `${base}/not/yet`;
     const toml = loopbackConfig({ ceiling: [`sync.push:${root}`, `sync.pull:${root}`] })
       .replace("[identity]", `${config}\n[identity]`);
-    await using agent = await startAgentProcess(toml);
+    await using agent = await startAgentProcess(toml, { prefix });
     try {
       await write(`${base}/src/a.txt`, "a");
       await using rpc = new AgentRpc({ url: agent.url }, ALL);
@@ -693,5 +709,21 @@ for (const [mode, config] of MODES) {
     } finally {
       await Deno.remove(base, { recursive: true }).catch(() => {});
     }
+  });
+}
+
+for (const [mode, config, prefix] of MODES) {
+  Deno.test(`the race below the target (${mode}): a directory of the tree replaced by a link out while the push is held: nothing is written outside`, async () => {
+    if (skip()) return;
+    await using fx = await fixture({ config, prefix });
+    await write(`${fx.base}/src/sub/payload.txt`, "payload");
+    await Deno.mkdir(`${fx.root}/app/sub`, { recursive: true });
+    const held = heldTransfer(fx, "push", `${fx.base}/src/`, `${fx.root}/app/`);
+    await agentRsyncStarted(fx, `${fx.root}/app`);
+    await Deno.remove(`${fx.root}/app/sub`);
+    await Deno.symlink(fx.outside, `${fx.root}/app/sub`);
+    await held.release();
+    await held.done;
+    assertEquals(await listing(fx.outside), {}, "nothing may be written outside the root");
   });
 }
