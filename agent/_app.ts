@@ -39,12 +39,21 @@ import { AGENT_VERSION } from "./_version.ts";
 import {
   agentRsync,
   parseSyncRequest,
-  resolvedInsideGrant,
-  resolvePaths,
   RsyncArgvError,
   runSyncTunnel,
   type SyncRequest,
 } from "./_sync.ts";
+import {
+  describeSync,
+  isDryRun,
+  probeConfinement,
+  probeRsync,
+  syncCommand,
+  SyncRoots,
+  type SyncSetup,
+} from "./_sync_confine.ts";
+import { resolvePaths } from "../executor/_resolve.ts";
+import { ConfigError } from "../executor/errors.ts";
 
 /** Hono's environment for the agent: the connection info of `Deno.serve`. */
 export type AgentEnv = { Bindings: Deno.ServeHandlerInfo<Deno.NetAddr> };
@@ -97,6 +106,9 @@ export class AgentCore {
   readonly audit: AuditLog;
   readonly provider: IdentityProvider;
   readonly version: string;
+  /** How transfers are confined here (`null` when the ceiling grants no sync). */
+  readonly sync: SyncSetup | null;
+  readonly #syncRoots: SyncRoots;
   /** The rsync `/v1/sync` runs (`agent.rsync`), as its `--version` told at start; `null` if none runs. */
   readonly rsync: RsyncFlavour | null;
   readonly #runs = new Set<HeldSlot>();
@@ -106,12 +118,15 @@ export class AgentCore {
     config: AgentConfig,
     audit: AuditLog,
     provider: IdentityProvider,
+    sync: { setup: SyncSetup | null; roots: SyncRoots },
     rsync: RsyncFlavour | null,
   ) {
     this.config = config;
     this.audit = audit;
     this.provider = provider;
     this.version = AGENT_VERSION;
+    this.sync = sync.setup;
+    this.#syncRoots = sync.roots;
     this.rsync = rsync;
     this.app = this.#routes();
   }
@@ -122,11 +137,28 @@ export class AgentCore {
     info: Deno.ServeHandlerInfo<Deno.NetAddr>,
   ): Response | Promise<Response> => this.app.fetch(request, info);
 
-  /** Opens the audit log and the identity provider for `config`. */
+  /**
+   * Opens the audit log and the identity provider for `config`, resolves its
+   * sync roots and, when the ceiling grants any sync, finds out how
+   * transfers will be confined.
+   *
+   * @throws {ConfigError} `agent.sync_confinement` when it says "namespace"
+   *   and this host cannot make one.
+   */
   static async create(config: AgentConfig): Promise<AgentCore> {
-    const audit = await AuditLog.open(config.agent.auditLog);
     const rsync = await agentRsync(config.agent.rsync);
-    return new AgentCore(config, audit, createIdentityProvider(config.identity), rsync);
+    const [setup, roots] = await Promise.all([
+      syncSetup(config, rsync),
+      SyncRoots.resolve([config.ceiling, ...config.grants.map((grant) => grant.allow)]),
+    ]);
+    const audit = await AuditLog.open(config.agent.auditLog);
+    const provider = createIdentityProvider(config.identity);
+    return new AgentCore(config, audit, provider, { setup, roots }, rsync);
+  }
+
+  /** How transfers are confined here, in words; `null` when the ceiling grants no sync. */
+  get syncConfinement(): string | null {
+    return this.sync === null ? null : describeSync(this.sync);
   }
 
   /** Steps (and later transfers) running now. */
@@ -367,7 +399,11 @@ export class AgentCore {
     const denied = await this.deny(ctx, action, { path });
     if (denied) return denied;
     const [resolved] = await resolvePaths([path]);
-    if (resolved === null || !(await resolvedInsideGrant(ctx.grant.effective, action, resolved))) {
+    const root = resolved === null
+      ? null
+      : this.#syncRoots.confinementRoot(ctx.grant.effective, action, resolved);
+    // (this.sync is null only when the ceiling grants no sync: refused above.)
+    if (resolved === null || root === null || this.sync === null) {
       const reason = resolved === null
         ? "the path cannot be resolved"
         : `the path leads to ${resolved} (through a symlink), outside the granted roots`;
@@ -383,7 +419,13 @@ export class AgentCore {
     const slot = await this.admit(ctx, action, { path });
     if (slot instanceof Response) return slot;
 
-    const { socket, response } = Deno.upgradeWebSocket(c.req.raw);
+    const setup = this.sync;
+    // Deno pings a silent peer and closes one that does not answer: a dead
+    // peer within 30 s (or the idle limit); a live but silent one is ended by
+    // rsync's own --timeout.
+    const { socket, response } = Deno.upgradeWebSocket(c.req.raw, {
+      idleTimeout: Math.min(setup.idleTimeoutS, 30),
+    });
     const abort = new AbortController();
     let stopReason: string | undefined;
     slot.onStop = (reason) => {
@@ -391,15 +433,18 @@ export class AgentCore {
       abort.abort();
     };
     const target = `${resolved}${request.trailingSlash && resolved !== "/" ? "/" : ""}`;
-    void runSyncTunnel(socket, [this.config.agent.rsync, ...request.argv, target], {
-      signal: abort.signal,
-    })
+    const dryRun = isDryRun(request.argv);
+    const argv = syncCommand({ action, root, target, dryRun }, request.argv, setup);
+    const confinement = root === "/" ? "none" : setup.confinement;
+    void runSyncTunnel(socket, argv, { signal: abort.signal })
       .then(async (ended) => {
         const result = ended.result;
         await this.auditLine(ctx, {
           action,
           path,
-          ...(resolved !== path ? { resolvedPath: resolved } : {}),
+          resolvedPath: resolved,
+          root,
+          confinement,
           decision: "allowed",
           status: 101,
           exitCode: result?.exitCode ?? null,
@@ -409,6 +454,8 @@ export class AgentCore {
           bytesOut: ended.bytesOut,
           ...(stopReason
             ? { reason: stopReason }
+            : ended.violation
+            ? { reason: `cut off: ${ended.violation}` }
             : ended.failure
             ? { reason: `rsync could not run: ${describe(ended.failure)}` }
             : result?.exitCode
@@ -576,6 +623,35 @@ export class AgentCore {
       headers: { "content-type": NDJSON_TYPE, "cache-control": "no-store" },
     });
   }
+}
+
+/**
+ * How this host will run transfers under `config`, or `null` when its
+ * ceiling grants no sync at all (nothing is probed then).
+ */
+async function syncSetup(
+  config: AgentConfig,
+  flavour: RsyncFlavour | null,
+): Promise<SyncSetup | null> {
+  const ceiling = config.ceiling;
+  const syncs = ceiling.syncRoots().length > 0 || ceiling.allows("sync.push") ||
+    ceiling.allows("sync.pull");
+  if (!syncs) return null;
+  const { syncConfinement: confinement, syncIdleTimeoutS: idleTimeoutS } = config.agent;
+  const program = config.agent.rsync;
+  const rsync = await probeRsync(program, flavour);
+  const setup = { confinement, userNamespace: false, program, rsync, idleTimeoutS };
+  if (confinement === "none") return setup;
+  const asRoot = await probeConfinement(setup);
+  if (asRoot === null) return setup;
+  const asUser = await probeConfinement({ ...setup, userNamespace: true });
+  if (asUser === null) return { ...setup, userNamespace: true };
+  throw new ConfigError(
+    "agent.sync_confinement",
+    `"namespace": this host cannot give a transfer a mount namespace of its own (as root: ${asRoot}; in a user namespace: ${asUser}). ` +
+      `Run the agent as root, or allow unprivileged user namespaces (kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, no AppArmor/seccomp rule against them), ` +
+      `or set sync_confinement = "none" and read what that gives in docs/protocol.md`,
+  );
 }
 
 /** A JSON error answer in the shape of {@linkcode ErrorBody}. */

@@ -43,8 +43,12 @@ export interface AuditRecord {
   durationMs?: number;
   /** For sync: the target path as asked (normalised). */
   path?: string;
-  /** For sync: where the path leads after symlinks, when it differs. */
+  /** For sync: where the path led after symlinks, the path rsync was given. */
   resolvedPath?: string;
+  /** For sync: the granted root the transfer was confined to, resolved (`/` for an unlimited grant). */
+  root?: string;
+  /** For sync: how rsync was confined (`namespace` or `none`). */
+  confinement?: "namespace" | "none";
   /** For sync: bytes from the client into rsync. */
   bytesIn?: number;
   /** For sync: bytes from rsync to the client. */

@@ -1,12 +1,12 @@
 // The agent's side of push/pull: which `rsync --server` argument vectors it
-// accepts, where a target path really leads (after `..` and symlinks), and
-// the tunnel that runs `rsync --server` with a WebSocket as its stdin/stdout.
+// accepts, and the tunnel that runs `rsync --server` with a WebSocket as its
+// stdin/stdout (where it may reach: _sync_confine.ts).
 
-import type { CapabilitySet } from "../capability/capability_set.ts";
-import { isInsideRoot, normalizeRoot } from "../capability/path.ts";
+import { normalizeRoot } from "../capability/path.ts";
 import { baseEnvironment } from "../executor/_env.ts";
 import { type ProcessResult, runProcess } from "../executor/_spawn.ts";
 import type { LogLine } from "../executor/types.ts";
+import { SYNC_MESSAGE_BYTES, SYNC_WINDOW_BYTES } from "../transports/_agent_protocol.ts";
 import type { RsyncFlavour } from "../transports/_agent_protocol.ts";
 import { askRsyncVersion } from "../transports/_rsync_flavour.ts";
 
@@ -50,13 +50,14 @@ export class RsyncArgvError extends Error {
 
 /**
  * The single-letter options a client's `rsync --server` vector may carry:
- * those of ops-exec's own push/pull (`--archive` = rlptgoD, n for dryRun,
- * c for checksum, z for compress, v for verbose). Everything else is refused:
- * among them L, k, K (follow links out of the root), s (moves the options
- * into the data stream, past this check), R, b, and every option that takes
- * a program, a file or a directory elsewhere.
+ * those of ops-exec's own push/pull (rlptgo, `--archive` without D; n for
+ * dryRun, c for checksum, z for compress, v for verbose). Everything else is
+ * refused: among them D (device files and fifos), L, k, K (follow links out
+ * of the root), s (moves the options into the data stream, past this check),
+ * R, b, and every option that takes a program, a file or a directory
+ * elsewhere.
  */
-const SHORT_OPTIONS = new Set("rlptgoDnczv");
+const SHORT_OPTIONS = new Set("rlptgonczv");
 /** Long options an rsync 3.x vector may carry after the short group. */
 const LONG_OPTIONS = new Set(["--delete", "--stats", "--mkpath"]);
 /** rsync's protocol-capability letters after `e.` (they select protocol features, run nothing). */
@@ -82,7 +83,7 @@ const OPENRSYNC_WORDS = new Set([
  *
  * - rsync 3.x: `rsync --server [--sender] -<flags>e.<caps> [--delete] [--stats] [--mkpath] . PATH`;
  * - openrsync (the open-source one and Apple's): `rsync --server [--sender]
- *   [--delete-before|--delete] [-c] -g -l [-n] -o -p -D -r -t [-z] . PATH`,
+ *   [--delete-before|--delete] [-c] -g -l [-n] -o -p -r -t [-z] . PATH`,
  *   one option per word.
  *
  * @param value The `argv` query parameter: a JSON array of strings.
@@ -140,7 +141,7 @@ function rsync3Options(words: readonly string[], start: number, sender: boolean)
   const match = /^-([A-Za-z]+)e\.([A-Za-z]*)$/.exec(flags);
   if (!match || !CAPABILITIES.test(match[2])) {
     throw new RsyncArgvError(
-      `expected rsync's option group (like -logDtpre.iLsfxCIvu) after --server, got ${
+      `expected rsync's option group (like -logtpre.iLsfxCIvu) after --server, got ${
         JSON.stringify(flags)
       }`,
     );
@@ -185,51 +186,6 @@ function openrsyncOptions(words: readonly string[], start: number, sender: boole
   return options;
 }
 
-// Prints, for each argument, where it really leads: the deepest directory
-// that exists, resolved by `cd -P` (every symlink followed), with the parts
-// that do not exist yet appended. NUL-separated.
-const RESOLVE = `for p; do
-  rest=
-  while [ "$p" != / ] && [ ! -d "$p" ]; do rest="/\${p##*/}$rest"; p=\${p%/*}; [ -n "$p" ] || p=/; done
-  if cd -P -- "$p" 2>/dev/null; then printf '%s%s\\0' "$(pwd -P)" "$rest"; else printf '\\0'; fi
-done`;
-
-/**
- * Where each path leads after symlinks and `..` (for paths that do not exist
- * yet: their deepest existing directory, resolved, plus the rest). Resolved by
- * `/bin/sh` (`cd -P`), which the agent may run whatever its read scope; an
- * unresolvable path comes back as `null`.
- */
-export async function resolvePaths(paths: readonly string[]): Promise<(string | null)[]> {
-  const out = await new Deno.Command("/bin/sh", {
-    args: ["-c", RESOLVE, "sh", ...paths],
-    env: baseEnvironment(),
-    clearEnv: true,
-    stdin: "null",
-    stderr: "null",
-  }).output();
-  const resolved = new TextDecoder().decode(out.stdout).split("\0").slice(0, paths.length);
-  return paths.map((_, i) => (resolved[i] ? normalizeRoot(resolved[i]) : null));
-}
-
-/**
- * Whether `resolved` (a target after symlinks) lies inside a root that
- * `effective` grants for `action`, with the roots resolved the same way. An
- * unlimited grant (`sync.push`, `sync.*`, `*`) allows any path.
- */
-export async function resolvedInsideGrant(
-  effective: CapabilitySet,
-  action: "sync.push" | "sync.pull",
-  resolved: string,
-): Promise<boolean> {
-  if (effective.allows(action)) return true;
-  const roots = effective.syncRoots(action);
-  const real = await resolvePaths(roots);
-  return roots.some((root, i) =>
-    isInsideRoot(resolved, root) || (real[i] !== null && isInsideRoot(resolved, real[i]!))
-  );
-}
-
 /** How a tunnelled transfer ended. */
 export interface TunnelResult {
   /** rsync's result (undefined when it could not start). */
@@ -242,6 +198,8 @@ export interface TunnelResult {
   bytesOut: number;
   /** rsync's last stderr lines. */
   stderr: string[];
+  /** Why the agent cut the client off (it ignored the upload window), if it did. */
+  violation?: string;
 }
 
 /** Options of {@linkcode runSyncTunnel}. */
@@ -254,6 +212,12 @@ export interface TunnelOptions {
 export const ACK_EVERY = 1024 * 1024;
 /** Bytes the agent lets queue on the socket before it stops reading rsync's stdout. */
 const SEND_HIGH_WATER = 8 * 1024 * 1024;
+/**
+ * Bytes of the client's stream that may wait for rsync: its window, and one
+ * message of slack (earlier tunnels reserved the window before adding a
+ * message, not after).
+ */
+const UPLOAD_LIMIT = SYNC_WINDOW_BYTES + SYNC_MESSAGE_BYTES;
 
 /**
  * Runs `rsync` with `argv` through the shared spawn core, with the WebSocket
@@ -262,6 +226,11 @@ const SEND_HIGH_WATER = 8 * 1024 * 1024;
  * of its stream written to rsync so far, for its flow control),
  * `{"stderr":"..."}`, and last `{"exit":N,"signal":S}`. Closing the socket
  * (either way) ends rsync.
+ *
+ * The agent holds at most UPLOAD_LIMIT of the client's stream that rsync has
+ * not taken yet (more than a client keeping to the acks can have sent), and
+ * no message over SYNC_MESSAGE_BYTES: a client past either is cut off (close
+ * 4008) and its rsync ended, so memory stays bounded whatever it sends.
  */
 export function runSyncTunnel(
   socket: WebSocket,
@@ -276,8 +245,10 @@ export function runSyncTunnel(
   let bytesIn = 0;
   let bytesOut = 0;
   let acked = 0;
+  let violation: string | undefined;
 
   const queue: Uint8Array[] = [];
+  let queued = 0;
   let wake: (() => void) | null = null;
   let ended = false;
   const notify = () => {
@@ -289,6 +260,7 @@ export function runSyncTunnel(
       while (queue.length === 0 && !ended) await new Promise<void>((r) => (wake = r));
       const chunk = queue.shift();
       if (!chunk) return controller.close();
+      queued -= chunk.length;
       bytesIn += chunk.length;
       if (bytesIn - acked >= ACK_EVERY) {
         acked = bytesIn;
@@ -309,8 +281,30 @@ export function runSyncTunnel(
       }
       return;
     }
-    queue.push(new Uint8Array(event.data as ArrayBuffer));
+    if (violation !== undefined) return;
+    const chunk = new Uint8Array(event.data as ArrayBuffer);
+    queued += chunk.length;
+    if (chunk.length > SYNC_MESSAGE_BYTES || queued > UPLOAD_LIMIT) {
+      cutOff(
+        chunk.length > SYNC_MESSAGE_BYTES
+          ? `the client sent a message of ${chunk.length} bytes (at most ${SYNC_MESSAGE_BYTES})`
+          : `the client sent ${queued} bytes that rsync has not taken yet (its window is ${SYNC_WINDOW_BYTES} bytes beyond the agent's last ack)`,
+      );
+      return;
+    }
+    queue.push(chunk);
     notify();
+  };
+  // Drops what is queued, ends rsync and the connection.
+  const cutOff = (why: string) => {
+    violation = why;
+    queue.length = 0;
+    queued = 0;
+    ended = true;
+    notify();
+    send(JSON.stringify({ stderr: `ops-agent: transfer ended: ${why}` }));
+    socket.close(4008, "upload window exceeded");
+    stop();
   };
   const opened = new Promise<void>((resolve) => {
     if (socket.readyState === WebSocket.OPEN) resolve();
@@ -351,11 +345,11 @@ export function runSyncTunnel(
         signal: abort.signal,
       }, sink);
       send(JSON.stringify({ exit: result.exitCode ?? 255, signal: result.signal }));
-      return { result, bytesIn, bytesOut, stderr: tail };
+      return { result, bytesIn, bytesOut, stderr: tail, violation };
     } catch (failure) {
       send(JSON.stringify({ stderr: `ops-agent: cannot run rsync: ${failure}` }));
       send(JSON.stringify({ exit: 255, signal: null }));
-      return { failure, bytesIn, bytesOut, stderr: tail };
+      return { failure, bytesIn, bytesOut, stderr: tail, violation };
     } finally {
       opts.signal.removeEventListener("abort", stop);
       if (socket.readyState === WebSocket.OPEN) socket.close(1000, "done");

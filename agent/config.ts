@@ -28,6 +28,20 @@ export interface AgentSection {
   /** The largest request body accepted before answering 413 (`max_request_bytes`, default 4 MiB). */
   readonly maxRequestBytes: number;
   /**
+   * Seconds a `/v1/sync` tunnel may stay silent before it is ended and its
+   * slot freed: rsync's own `--timeout` and the WebSocket's ping
+   * (`sync_idle_timeout`, default 300).
+   */
+  readonly syncIdleTimeoutS: number;
+  /**
+   * How a transfer's rsync is kept inside its root (`sync_confinement`):
+   * `"namespace"` (Linux, the default there: a private mount namespace whose
+   * only tree is the root; the agent refuses to start when it cannot make
+   * one) or `"none"` (elsewhere, and the only choice there: the agent's own
+   * checks and rsync's safeguards). See docs/protocol.md.
+   */
+  readonly syncConfinement: "namespace" | "none";
+  /**
    * The rsync that `/v1/sync` runs (`rsync`): an absolute path inside the
    * run scope of the agent's permission set, or by default `rsync` found on
    * the agent's PATH. rsync 3.x or openrsync (the agent tells clients which,
@@ -85,6 +99,8 @@ export const DEFAULT_MAX_CONCURRENT = 16;
 export const DEFAULT_RSYNC = "rsync";
 /** The default `max_request_bytes` (4 MiB). */
 export const DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024;
+/** The default `sync_idle_timeout`, in seconds. */
+export const DEFAULT_SYNC_IDLE_TIMEOUT_S = 300;
 /** tailscaled's socket on Linux. */
 export const LINUX_TAILSCALED_SOCKET = "/var/run/tailscale/tailscaled.sock";
 
@@ -170,6 +186,8 @@ export function configFromObject(value: unknown): AgentConfig {
     "audit_log",
     "max_concurrent",
     "max_request_bytes",
+    "sync_idle_timeout",
+    "sync_confinement",
     "rsync",
   ]));
   const identity = readIdentity(table(required(root, "identity", ""), "identity", [
@@ -205,8 +223,28 @@ function readAgent(t: Record<string, unknown>): AgentSection {
       DEFAULT_MAX_CONCURRENT,
     maxRequestBytes: integer(t.max_request_bytes, "agent.max_request_bytes", 1024, 2 ** 28) ??
       DEFAULT_MAX_REQUEST_BYTES,
+    syncIdleTimeoutS: integer(t.sync_idle_timeout, "agent.sync_idle_timeout", 1, 86_400) ??
+      DEFAULT_SYNC_IDLE_TIMEOUT_S,
+    syncConfinement: readConfinement(t.sync_confinement),
     rsync: t.rsync === undefined ? DEFAULT_RSYNC : absolutePath(t.rsync, "agent.rsync"),
   });
+}
+
+function readConfinement(value: unknown): "namespace" | "none" {
+  const key = "agent.sync_confinement";
+  const linux = Deno.build.os === "linux";
+  if (value === undefined) return linux ? "namespace" : "none";
+  const text = string(value, key);
+  if (text !== "namespace" && text !== "none") {
+    throw new ConfigError(key, `must be "namespace" or "none", got "${printable(text)}"`);
+  }
+  if (text === "namespace" && !linux) {
+    throw new ConfigError(
+      key,
+      `"namespace" needs Linux's mount namespaces; on ${Deno.build.os} use "none" (see docs/protocol.md for what it gives)`,
+    );
+  }
+  return text;
 }
 
 function readIdentity(t: Record<string, unknown>): IdentityConfig {

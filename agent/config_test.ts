@@ -5,6 +5,7 @@ import {
   DEFAULT_MAX_CONCURRENT,
   DEFAULT_MAX_REQUEST_BYTES,
   DEFAULT_RSYNC,
+  DEFAULT_SYNC_IDLE_TIMEOUT_S,
   LINUX_TAILSCALED_SOCKET,
   parseConfig,
 } from "./config.ts";
@@ -151,6 +152,39 @@ Deno.test("config: TOML errors and TOML types are reported, never half-read", ()
   );
   assertEquals(typo.key, "grants");
   assert(typo.message.includes('did you mean "grant"'));
+});
+
+Deno.test("config: sync_idle_timeout and sync_confinement, their defaults and bad values", () => {
+  const config = configFromObject(minimal());
+  assertEquals(config.agent.syncIdleTimeoutS, DEFAULT_SYNC_IDLE_TIMEOUT_S);
+  assertEquals(config.agent.syncConfinement, Deno.build.os === "linux" ? "namespace" : "none");
+  const withAgent = (extra: Record<string, unknown>) => ({
+    ...minimal(),
+    agent: { ...minimal().agent, ...extra },
+  });
+  assertEquals(configFromObject(withAgent({ sync_idle_timeout: 30 })).agent.syncIdleTimeoutS, 30);
+  assertEquals(
+    configFromObject(withAgent({ sync_confinement: "none" })).agent.syncConfinement,
+    "none",
+  );
+  for (const bad of [0, 86_401, "60", 1.5]) {
+    assertEquals(
+      keyOf(() => configFromObject(withAgent({ sync_idle_timeout: bad }))),
+      "agent.sync_idle_timeout",
+    );
+  }
+  for (const bad of ["chroot", "", 1]) {
+    assertEquals(
+      keyOf(() => configFromObject(withAgent({ sync_confinement: bad }))),
+      "agent.sync_confinement",
+    );
+  }
+  if (Deno.build.os !== "linux") {
+    assertEquals(
+      keyOf(() => configFromObject(withAgent({ sync_confinement: "namespace" }))),
+      "agent.sync_confinement",
+    );
+  }
 });
 
 Deno.test("config: agent.rsync names the rsync /v1/sync runs: an absolute path, default rsync on the PATH", () => {

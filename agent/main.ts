@@ -114,6 +114,8 @@ async function main(args: string[]): Promise<number> {
     }`;
   const socket = `[${server.addr.hostname}]:${server.addr.port}`;
   const bound = server.url.includes(server.addr.hostname) ? "" : `, socket ${socket}`;
+  const sync = server.agent.syncConfinement;
+  if (sync !== null) console.log(`ops-agent: sync: ${sync}`);
   console.log(
     `ops-agent ${AGENT_VERSION} listening on ${server.url} (identity: ${identity}${bound})`,
   );

@@ -40,6 +40,7 @@ export {
   configFromObject,
   DEFAULT_MAX_CONCURRENT,
   DEFAULT_MAX_REQUEST_BYTES,
+  DEFAULT_SYNC_IDLE_TIMEOUT_S,
   type GrantRule,
   type IdentityConfig,
   LINUX_TAILSCALED_SOCKET,
@@ -68,6 +69,12 @@ export interface AgentApp {
   readonly config: AgentConfig;
   /** Steps running now. */
   readonly running: number;
+  /**
+   * How transfers are confined on this host, in words (the rsync found, the
+   * confinement, rsync's own safeguards, the idle limit); `null` when the
+   * ceiling grants no sync.
+   */
+  readonly syncConfinement: string | null;
   /**
    * Cancels every running step (SIGTERM, its grace, SIGKILL to its group),
    * refuses new ones, and resolves once each is over and audited.

@@ -91,6 +91,23 @@ export async function waitFor(check: () => boolean, ms: number): Promise<boolean
   return check();
 }
 
+/** Live (non-zombie) pids descended from `pid` (its children, theirs, ...). */
+export function descendantsOf(pid: number): number[] {
+  const stats = allStats().filter((s) => s.state !== "Z");
+  const found = new Set([pid]);
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const s of stats) {
+      if (!found.has(s.pid) && found.has(s.ppid)) {
+        found.add(s.pid);
+        grew = true;
+      }
+    }
+  }
+  found.delete(pid);
+  return [...found];
+}
+
 /** A step's argv that prints its own signal dispositions and mask, as /proc shows them. */
 export const SIGNAL_STATE: readonly string[] = [
   "grep",

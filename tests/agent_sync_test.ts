@@ -221,7 +221,7 @@ Deno.test("hand-crafted tunnels: non-rsync commands, program-running options and
   await using pullOnly = await startAgentProcess(
     loopbackConfig({ ceiling: [`sync.pull:${fx.root}`] }),
   );
-  const flags = "-logDtpre.iLsfxCIvu";
+  const flags = "-logtpre.iLsfxCIvu";
   const dest = `${fx.root}/x/`;
   const malformed: unknown[] = [
     ["sh", "-c", "id"],
@@ -233,6 +233,8 @@ Deno.test("hand-crafted tunnels: non-rsync commands, program-running options and
     ["rsync", "--server", "-e", "sh", flags, ".", dest],
     ["rsync", "--server", "-Llogtpre.iLsfxCIvu", ".", dest],
     ["rsync", "--server", "-slogtpre.iLsfxCIvu", ".", dest],
+    ["rsync", "--server", "-logDtpre.iLsfxCIvu", ".", dest],
+    ["rsync", "--server", "--sender", "-logDtpre.iLsfxCIvu", ".", dest],
     ["rsync", "--server", flags, "--log-file=/etc/x", ".", dest],
     ["rsync", "--server", flags, ".", "relative/path"],
     ["rsync", "--server", flags, ".", dest, "/etc/passwd"],

@@ -26,6 +26,7 @@ import { askRsyncVersion } from "../transports/_rsync_flavour.ts";
 import { exists, findProgram, missing, RSYNC } from "./_prereq.ts";
 import { remoteShellCommand, runRsync } from "../transports/_rsync.ts";
 import { sshdMissing, startSshd } from "./_sshd.ts";
+import { waitFor } from "./_procs.ts";
 
 const REPO = new URL("../", import.meta.url).pathname;
 const skip = sshdMissing() ?? openrsyncMissing();
@@ -331,7 +332,6 @@ flavourTest(
         "-l",
         "-o",
         "-p",
-        "-D",
         "-r",
         "-t",
         ".",
@@ -371,6 +371,10 @@ flavourTest(
           }
         }
       }
+      // An opened tunnel's line is written once its rsync has ended.
+      const opened = () =>
+        agent.auditLines().filter((l) => l.endpoint === "GET /v1/sync" && l.status === 101);
+      await waitFor(() => opened().length >= genuine.length, 10_000);
       const audit = agent.auditLines().filter((l) => l.endpoint === "GET /v1/sync");
       assertEquals(audit.filter((l) => l.status === 400).length, refused);
       assertEquals(audit.filter((l) => l.status === 101).length, genuine.length);

@@ -17,6 +17,17 @@ export const PATHS = {
   sync: "/v1/sync",
 } as const;
 
+/**
+ * The upload window of a `/v1/sync` tunnel: bytes the client may have sent
+ * beyond the agent's last `{"ack": N}`. A WebSocket server cannot push back
+ * on what it receives, so the client keeps to it and the agent ends a
+ * transfer whose client does not.
+ */
+export const SYNC_WINDOW_BYTES = 8 * 1024 * 1024;
+
+/** The largest binary message a tunnel sends (and the agent takes) at once. */
+export const SYNC_MESSAGE_BYTES = 1024 * 1024;
+
 /** The media type of a `/v1/run` response. */
 export const NDJSON_TYPE = "application/x-ndjson";
 

@@ -169,9 +169,9 @@ export function mkpathPlan(
 }
 
 /**
- * The rsync options for `opts`: archive mode, stats for the result, and each
- * SyncOpts flag mapped onto rsync's own option, in the words the local
- * rsync (`local`) knows.
+ * The rsync options for `opts`: archive mode without device files and
+ * specials, stats for the result, and each SyncOpts flag mapped onto rsync's
+ * own option, in the words the local rsync (`local`) knows.
  */
 export function rsyncOptions(
   opts: SyncOpts,
@@ -180,7 +180,9 @@ export function rsyncOptions(
 ): string[] {
   const mkpath = ends.mkpath ?? hasMkpath(local);
   const remote = ends.remote ?? local;
-  const args = ["--archive", "--stats"];
+  // -rlptgo is --archive without -D: a sync never creates device nodes or
+  // fifos (an agent refuses a vector that asks for them).
+  const args = ["-rlptgo", "--stats"];
   // --mkpath creates missing parents of the destination, as `mkdir -p`
   // would (rsync >= 3.2.3; openrsync rejects it).
   if (mkpath) args.push("--mkpath");

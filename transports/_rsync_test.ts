@@ -75,7 +75,7 @@ Deno.test("rsyncOptions speaks each local rsync's words", () => {
   const all = { delete: true, exclude: ["*.log"], dryRun: true, compress: true, checksum: true };
   const progress = { onProgress: () => {} };
   assertEquals(rsyncOptions({ ...all, ...progress }, RSYNC3), [
-    "--archive",
+    "-rlptgo",
     "--stats",
     "--mkpath",
     "--info=progress2",

@@ -133,8 +133,18 @@ export class WsClient {
     const bytes = encodeFrame(frame.opcode, frame.payload);
     return new Promise((resolve, reject) => {
       const ok = this.#socket.write(bytes, (error) => (error ? reject(error) : undefined));
-      if (ok) resolve();
-      else this.#socket.once("drain", () => resolve());
+      if (ok) return resolve();
+      // Waiting for the buffer to drain: a connection that closes first never drains.
+      const drained = () => {
+        this.#socket.off("close", closed);
+        resolve();
+      };
+      const closed = () => {
+        this.#socket.off("drain", drained);
+        reject(new Error("the WebSocket closed before the message was sent"));
+      };
+      this.#socket.once("drain", drained);
+      this.#socket.once("close", closed);
     });
   }
 }

@@ -13,6 +13,7 @@ import type {
   SyncResult,
 } from "../executor/types.ts";
 import type { Step } from "../step/step.ts";
+import { assertLeadsInside } from "../executor/_resolve.ts";
 import {
   checkRsyncProgram,
   gateSync,
@@ -101,7 +102,8 @@ export class LocalExec implements Executor {
   /**
    * Copies `remotePath` to `localPath` with rsync (both on this machine).
    *
-   * @throws {CapabilityDenied} When `sync.pull` on `remotePath` is not granted.
+   * @throws {CapabilityDenied} When `sync.pull` on `remotePath` (as written, or where it
+   *   leads after symlinks) is not granted.
    */
   pull(remotePath: string, localPath: string, opts: SyncOpts = {}): Promise<SyncResult> {
     return this.#sync("sync.pull", localPath, remotePath, opts);
@@ -110,7 +112,8 @@ export class LocalExec implements Executor {
   /**
    * Copies `localPath` to `remotePath` with rsync (both on this machine).
    *
-   * @throws {CapabilityDenied} When `sync.push` on `remotePath` is not granted.
+   * @throws {CapabilityDenied} When `sync.push` on `remotePath` (as written, or where it
+   *   leads after symlinks) is not granted.
    */
   push(localPath: string, remotePath: string, opts: SyncOpts = {}): Promise<SyncResult> {
     return this.#sync("sync.push", localPath, remotePath, opts);
@@ -144,6 +147,9 @@ export class LocalExec implements Executor {
     opts: SyncOpts,
   ): Promise<SyncResult> {
     const target = gateSync(this.#caps, action, remotePath, this.host);
+    // This machine's own paths: checked after symlinks too, as an agent does,
+    // before anything (rsync, or the directory made for it) touches them.
+    await assertLeadsInside(this.#caps, action, target, this.host);
     opts.signal?.throwIfAborted();
     const probe = this.#rsync ??= probeLocalRsync(this.#rsyncProgram, this.host);
     probe.catch(() => {

@@ -143,6 +143,43 @@ Deno.test("an aborted transfer rejects with the signal's reason", async () => {
   await Deno.remove(base, { recursive: true });
 });
 
+Deno.test("a symlink inside the granted root that leads out of it is refused before rsync starts", async () => {
+  if (skip()) return;
+  const { base, src, granted, outside, exec } = await fixture();
+  await makeTree(outside, { "secret.txt": "secret" });
+  await Deno.symlink(outside, `${granted}/out`);
+  await Deno.mkdir(`${granted}/real`);
+  await Deno.symlink(`${granted}/real`, `${granted}/in`);
+  for (const target of [`${granted}/out/`, `${granted}/out`, `${granted}/out/deeper/new/`]) {
+    const error = await assertRejects(() => exec.push(`${src}/`, target), CapabilityDenied);
+    assertEquals([error.scope, error.action], ["caller", "sync.push"], target);
+    assert(error.message.includes(`leads to ${outside}`), error.message);
+  }
+  const pull = await assertRejects(
+    () => exec.pull(`${granted}/out/`, `${base}/stolen/`),
+    CapabilityDenied,
+  );
+  assertEquals(pull.scope, "caller");
+  assertEquals(await listTree(outside), { "secret.txt": "secret" }, "nothing was written outside");
+  assertFalse(await Deno.stat(`${base}/stolen`).then(() => true, () => false), "rsync never ran");
+  // openrsync gets its destination's parents made first: the check comes before that too.
+  if (OPENRSYNC !== null) {
+    const open = new LocalExec(CapabilitySet.of(`sync.push:${granted}`), {
+      rsyncProgram: OPENRSYNC,
+    });
+    await assertRejects(() => open.push(`${src}/`, `${granted}/out/deeper/new/`), CapabilityDenied);
+  }
+  assertFalse(
+    await Deno.lstat(`${outside}/deeper`).then(() => true, () => false),
+    "no directory made outside",
+  );
+
+  // A link that stays inside the root is fine.
+  await exec.push(`${src}/`, `${granted}/in/`);
+  assertEquals((await listTree(`${granted}/real`))["a.txt"], "alpha");
+  await Deno.remove(base, { recursive: true });
+});
+
 Deno.test("rsyncProgram: openrsync pushes into a new nested path and pulls back; its --stats read", async () => {
   if (missing([OPENRSYNC !== null, "openrsync (../shared/peers/openrsync or $OPENRSYNC)"])) return;
   const { base, src, granted } = await fixture();

@@ -23,7 +23,12 @@
 // beyond it). Text from here: {"eof": true} once rsync closes our stdin.
 
 import { parseArgs } from "node:util";
-import { REFUSED_PREFIX, type SyncRefusal } from "./_agent_protocol.ts";
+import {
+  REFUSED_PREFIX,
+  SYNC_MESSAGE_BYTES,
+  SYNC_WINDOW_BYTES,
+  type SyncRefusal,
+} from "./_agent_protocol.ts";
 import { WsClient, WsHandshakeError } from "./_ws_client.ts";
 
 async function main(args: string[]): Promise<number> {
@@ -149,13 +154,11 @@ async function readStdin(buffer: Uint8Array): Promise<Uint8Array | null> {
   }
 }
 
-/** Bytes in flight to the agent beyond its last acknowledgement, at most. */
-const WINDOW = 8 * 1024 * 1024;
-
 /**
  * Flow control for the upstream direction: a WebSocket server cannot push
  * back on what it receives, so the agent acknowledges what rsync has taken
- * and this side keeps at most WINDOW bytes unacknowledged.
+ * and this side keeps at most SYNC_WINDOW_BYTES unacknowledged (the
+ * agent ends a transfer whose client sends more).
  */
 class Window {
   #sent = 0;
@@ -164,7 +167,7 @@ class Window {
   #wake: (() => void) | null = null;
 
   async reserve(bytes: number): Promise<void> {
-    while (!this.#closed && this.#sent - this.#acked > WINDOW) {
+    while (!this.#closed && this.#sent - this.#acked + bytes > SYNC_WINDOW_BYTES) {
       await new Promise<void>((resolve) => (this.#wake = resolve));
     }
     this.#sent += bytes;
@@ -183,7 +186,7 @@ class Window {
 
 /** Carries our stdin to the agent, within the window, then says when it ends. */
 async function pumpStdin(ws: WsClient, flow: Window): Promise<void> {
-  const buffer = new Uint8Array(256 * 1024);
+  const buffer = new Uint8Array(SYNC_MESSAGE_BYTES / 4);
   for (let chunk = await readStdin(buffer); chunk; chunk = await readStdin(buffer)) {
     await flow.reserve(chunk.length);
     await ws.send(chunk);
