@@ -22,6 +22,7 @@ import { SshExec, type SshExecOptions } from "../transports/ssh.ts";
 import { HAS_PROC, pidsWithCommandLine, waitFor } from "./_procs.ts";
 import { exists, missing, RSYNC } from "./_prereq.ts";
 import { type Sshd, sshdMissing, startSshd } from "./_sshd.ts";
+import { timeLimit } from "./_time_limit.ts";
 
 const skip = sshdMissing() ?? missing([HAS_PROC, "/proc (Linux) to watch the remote processes"]);
 const sshd: Sshd | null = skip ? null : await startSshd();
@@ -57,7 +58,7 @@ function target(extra: Partial<SshExecOptions> = {}): SshExecOptions {
 
 function sshTest(
   name: string,
-  fn: () => Promise<void>,
+  fn: (t: Deno.TestContext) => Promise<void>,
   opts: { needs?: [boolean, string][] } = {},
 ) {
   const reason = skip ?? (opts.needs ? missing(...opts.needs) : undefined);
@@ -436,7 +437,7 @@ sshTest(
 
 sshTest(
   "session: a stalled sink holds back its own step only; a concurrent step on the same session finishes",
-  async () => {
+  timeLimit(30_000, async () => {
     await using exec = new SshExec(target(), CAPS);
     const sessions = await sshd!.sessions();
     const counter = `${remoteDir}/count-${marker()}`;
@@ -483,7 +484,7 @@ sshTest(
     // Both steps rode one session: the connect probe and the session are all sshd saw.
     assertEquals(await sshd!.sessions(), sessions + 2);
     await Deno.remove(counter).catch(() => {});
-  },
+  }),
 );
 
 sshTest(
