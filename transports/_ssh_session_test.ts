@@ -463,7 +463,7 @@ function killFrozen(pid: number | undefined): void {
 
 perlTest(
   "a supervisor that stops answering: the kill request goes unanswered, the session is given up, the step reports timed out",
-  timeLimit(30_000, async (_t, limit) => {
+  timeLimit(15_000, async (_t, limit) => {
     const session = localSession();
     let frozen: number | undefined;
     limit.addEventListener("abort", () => killFrozen(frozen));
@@ -490,7 +490,7 @@ perlTest(
 
 perlTest(
   "a supervisor that stops answering while its step runs: the cancel goes unanswered, the session is given up, the step reports cancelled",
-  timeLimit(30_000, async (_t, limit) => {
+  timeLimit(15_000, async (_t, limit) => {
     const session = localSession();
     const token = `300.${Math.floor(Math.random() * 1e9)}`;
     let frozen: number | undefined;
