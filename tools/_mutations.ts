@@ -122,6 +122,16 @@ export const MUTATIONS: readonly Mutation[] = [
     tests: guard("a tagged node that kept its owner's user"),
   },
   {
+    id: "grants-tagged-person",
+    bug: "user: and group: selectors match a tagged caller that carries a login",
+    file: "agent/_grants.ts",
+    edits: [{
+      find: "const isPerson = caller.tags.length === 0 && caller.login !== undefined;",
+      replace: "const isPerson = caller.login !== undefined;",
+    }],
+    tests: { files: ["agent/_whois_test.ts"] },
+  },
+  {
     id: "app-loopback-fallback",
     bug: "a whois failure on a loopback peer falls back to a loopback identity instead of 503",
     file: "agent/_app.ts",
