@@ -19,6 +19,8 @@ import { parseArgs } from "node:util";
 import { type Edit, type Mutation, MUTATIONS, type TestRun } from "./_mutations.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
+/** Set in the environment of the tests the task runs (in a scratch copy). */
+export const MUTANT_VARIABLE = "OPS_EXEC_MUTANTS";
 /** The default suite, as `deno task test` runs it. */
 const FULL_SUITE: TestRun = { files: ["--ignore=tests/hosts/"] };
 
@@ -311,7 +313,8 @@ async function runDeno(
   const child = new Deno.Command(Deno.execPath(), {
     args,
     cwd: copy,
-    env: { NO_COLOR: "1" },
+    // Tells tools/mutants_test.ts that its snippets are meant to be missing here.
+    env: { NO_COLOR: "1", [MUTANT_VARIABLE]: "1" },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",

@@ -4,7 +4,7 @@
 
 import { assertEquals, assertThrows } from "@deps/assert";
 import { MUTATIONS } from "./_mutations.ts";
-import { applyEdits, failedTests, StaleMutation } from "./mutants.ts";
+import { applyEdits, failedTests, MUTANT_VARIABLE, StaleMutation } from "./mutants.ts";
 
 Deno.test("applyEdits: each snippet must occur exactly once", () => {
   assertEquals(applyEdits("m", "a b c", [{ find: "b", replace: "B" }]), "a B c");
@@ -45,13 +45,18 @@ FAILED | 1 passed | 3 failed (1s)
   assertEquals(failedTests("ok | 3 passed | 0 failed (1s)"), []);
 });
 
-Deno.test("every mutation's file and snippets are there (else the task fails: update the list)", async () => {
-  const ids = new Set<string>();
-  for (const m of MUTATIONS) {
-    assertEquals(ids.has(m.id), false, `two mutations are called ${m.id}`);
-    ids.add(m.id);
-    const source = await Deno.readTextFile(new URL(`../${m.file}`, import.meta.url));
-    applyEdits(m.id, source, m.edits);
-    for (const file of m.tests.files) await Deno.stat(new URL(`../${file}`, import.meta.url));
-  }
+Deno.test({
+  name: "every mutation's file and snippets are there (else the task fails: update the list)",
+  // In the task's own scratch copies one snippet is replaced on purpose.
+  ignore: Deno.env.get(MUTANT_VARIABLE) !== undefined,
+  fn: async () => {
+    const ids = new Set<string>();
+    for (const m of MUTATIONS) {
+      assertEquals(ids.has(m.id), false, `two mutations are called ${m.id}`);
+      ids.add(m.id);
+      const source = await Deno.readTextFile(new URL(`../${m.file}`, import.meta.url));
+      applyEdits(m.id, source, m.edits);
+      for (const file of m.tests.files) await Deno.stat(new URL(`../${file}`, import.meta.url));
+    }
+  },
 });
