@@ -133,3 +133,15 @@ Deno.test("addresses: unmapping, loopback, listen values", () => {
   assertEquals(typeof parseListen("[1.2.3.4]:1"), "string");
   assertEquals(typeof parseListen("256.1.1.1:1"), "string");
 });
+
+// ---- issue 10: each of the two checks holds on its own ---------------------------------
+
+Deno.test("grants: user: and group: never match a tagged caller, even one that carries a login", () => {
+  // What a provider that kept the owner's user on a tagged node would hand over: the
+  // grant check must not lean on parseWhois having dropped the login.
+  const tagged = { ...parseWhois(whoisText("user-node"), "100.93.46.75:1"), tags: ["tag:ci"] };
+  assertEquals(tagged.login, "alice@example.com");
+  assertFalse(selectorMatches("user:alice@example.com", tagged));
+  assertFalse(selectorMatches("group:ops", tagged));
+  assert(selectorMatches("tag:ci", tagged));
+});

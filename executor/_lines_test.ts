@@ -122,3 +122,28 @@ Deno.test("a batching sink gets one call per chunk of complete lines", async () 
   assertEquals(sink.lines.map((l) => l.text), ["1", "2", "3", "4", "partial"]);
   assertEquals(sink.batches, 2);
 });
+
+// ---- the split at MAX_LINE_LENGTH (issue 10) ------------------------------------------
+
+Deno.test("the 1 MiB split never cuts a surrogate pair, wherever the reads fall", async () => {
+  for (const before of [MAX_LINE_LENGTH - 1, MAX_LINE_LENGTH - 3, 2 * MAX_LINE_LENGTH - 1]) {
+    const text = `${"x".repeat(before)}😀😀😀 end`;
+    for (const newline of ["\n", ""]) {
+      const bytes = enc.encode(text + newline);
+      for (
+        const points of [[], [1], [before], [before + 1], [before + 2], [65536 * 5, before + 3]]
+      ) {
+        for (const sink of [new LineSink(), new BatchSink()]) {
+          const { lines } = await pump(sink, cut(bytes, points), []);
+          const texts = lines.map((line) => line.text);
+          const where = `${before} x, cut at ${points}, ${sink.constructor.name}`;
+          for (const piece of texts) {
+            assertEquals(piece.isWellFormed(), true, `half a surrogate pair: ${where}`);
+            assertEquals(piece.length <= MAX_LINE_LENGTH, true, where);
+          }
+          assertEquals(texts.join(""), text, where);
+        }
+      }
+    }
+  }
+});

@@ -15,6 +15,7 @@ import { AgentRpc } from "../transports/rpc.ts";
 import { loopbackConfig, startAgentProcess } from "./_agent_process.ts";
 import { groupMembers, HAS_PROC, waitFor } from "./_procs.ts";
 import { missing } from "./_prereq.ts";
+import { timeLimit } from "./_time_limit.ts";
 
 const caps = CapabilitySet.of("test.*", "other.*");
 const noProc = () => missing([HAS_PROC, "/proc (Linux) to inspect the agent's processes"]);
@@ -150,39 +151,42 @@ Deno.test("acceptance 7: a frozen agent is noticed by the idle timeout; heartbea
   assert(await waitFor(() => groupMembers(pgid).length === 0, 10_000), "no survivor");
 });
 
-Deno.test("acceptance 6: SIGTERM with a stalled reader still ends the step, audits it and exits 0", async () => {
-  if (noProc()) return;
-  const agent = await startAgentProcess(loopbackConfig());
-  const client = new AgentRpc({ url: agent.url }, caps);
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => (release = resolve));
-  let first: string | undefined;
-  const running = client.runStreaming(Step.shell("test.flood", "echo $$; yes"), {
-    write(line) {
-      first ??= line.text;
-      return released;
-    },
-  }).then((out) => out, (error) => error);
-  assert(await waitFor(() => first !== undefined, 10_000));
-  const pgid = Number(first);
-  await new Promise((resolve) => setTimeout(resolve, 300));
-  agent.child.kill("SIGTERM");
-  // The reader never reads during the shutdown: the agent neither waits on it nor loses its audit.
-  const status = await agent.child.status;
-  assertEquals(status.code, 0, agent.output());
-  assertEquals(groupMembers(pgid), []);
-  const line = agent.auditLines().find((l) => l.action === "test.flood")!;
-  assertEquals(line.cancelled, true);
-  assertEquals(line.reason, "agent shutting down");
-  release();
-  const result = await running;
-  // Whatever the kernel still held arrives; the end is an exit event or a lost connection.
-  assert(
-    (result instanceof TransportError && result.kind === "connection_lost") ||
-      (!(result instanceof Error) && result.cancelled),
-    String(result),
-  );
-  await client.close();
-  await agent.stop();
-  await Deno.remove(agent.dir, { recursive: true });
-});
+Deno.test(
+  "acceptance 6: SIGTERM with a stalled reader still ends the step, audits it and exits 0",
+  timeLimit(30_000, async () => {
+    if (noProc()) return;
+    const agent = await startAgentProcess(loopbackConfig());
+    const client = new AgentRpc({ url: agent.url }, caps);
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let first: string | undefined;
+    const running = client.runStreaming(Step.shell("test.flood", "echo $$; yes"), {
+      write(line) {
+        first ??= line.text;
+        return released;
+      },
+    }).then((out) => out, (error) => error);
+    assert(await waitFor(() => first !== undefined, 10_000));
+    const pgid = Number(first);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    agent.child.kill("SIGTERM");
+    // The reader never reads during the shutdown: the agent neither waits on it nor loses its audit.
+    const status = await agent.child.status;
+    assertEquals(status.code, 0, agent.output());
+    assertEquals(groupMembers(pgid), []);
+    const line = agent.auditLines().find((l) => l.action === "test.flood")!;
+    assertEquals(line.cancelled, true);
+    assertEquals(line.reason, "agent shutting down");
+    release();
+    const result = await running;
+    // Whatever the kernel still held arrives; the end is an exit event or a lost connection.
+    assert(
+      (result instanceof TransportError && result.kind === "connection_lost") ||
+        (!(result instanceof Error) && result.cancelled),
+      String(result),
+    );
+    await client.close();
+    await agent.stop();
+    await Deno.remove(agent.dir, { recursive: true });
+  }),
+);

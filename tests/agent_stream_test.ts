@@ -9,6 +9,7 @@ import { AgentRpc } from "../transports/rpc.ts";
 import { loopbackConfig, rssBytes, startAgentProcess } from "./_agent_process.ts";
 import { groupMembers, HAS_PROC, isAlive, waitFor } from "./_procs.ts";
 import { missing } from "./_prereq.ts";
+import { timeLimit } from "./_time_limit.ts";
 
 const caps = CapabilitySet.of("test.*");
 const noProc = () => missing([HAS_PROC, "/proc (Linux) to inspect the agent's processes"]);
@@ -26,22 +27,25 @@ class NumberedSink implements LogSink {
   }
 }
 
-Deno.test("acceptance 3: 100 concurrent steps × 100 000 numbered lines arrive complete and in order", async () => {
-  await using agent = await startAgentProcess(loopbackConfig({ maxConcurrent: 128 }));
-  await using client = new AgentRpc({ url: agent.url }, caps);
-  const step = Step.exec("test.count", ["seq", "1", "100000"]);
-  const sinks = Array.from({ length: 100 }, () => new NumberedSink());
-  const outs = await Promise.all(sinks.map((sink) => client.runStreaming(step, sink)));
-  for (const [i, out] of outs.entries()) {
-    assertEquals(sinks[i].bad, null);
-    assertEquals(sinks[i].next - 1, 100_000, `step ${i} delivered every line`);
-    assertEquals(out.exitCode, 0);
-    assertEquals(out.lines, { stdout: 100_000, stderr: 0 });
-  }
-  const runs = agent.auditLines().filter((line) => line.endpoint === "POST /v1/run");
-  assertEquals(runs.length, 100);
-  assert(runs.every((line) => line.exitCode === 0 && line.decision === "allowed"));
-});
+Deno.test(
+  "acceptance 3: 100 concurrent steps × 100 000 numbered lines arrive complete and in order",
+  timeLimit(60_000, async () => {
+    await using agent = await startAgentProcess(loopbackConfig({ maxConcurrent: 128 }));
+    await using client = new AgentRpc({ url: agent.url }, caps);
+    const step = Step.exec("test.count", ["seq", "1", "100000"]);
+    const sinks = Array.from({ length: 100 }, () => new NumberedSink());
+    const outs = await Promise.all(sinks.map((sink) => client.runStreaming(step, sink)));
+    for (const [i, out] of outs.entries()) {
+      assertEquals(sinks[i].bad, null);
+      assertEquals(sinks[i].next - 1, 100_000, `step ${i} delivered every line`);
+      assertEquals(out.exitCode, 0);
+      assertEquals(out.lines, { stdout: 100_000, stderr: 0 });
+    }
+    const runs = agent.auditLines().filter((line) => line.endpoint === "POST /v1/run");
+    assertEquals(runs.length, 100);
+    assert(runs.every((line) => line.exitCode === 0 && line.decision === "allowed"));
+  }),
+);
 
 Deno.test("acceptance 3: interleaved stdout/stderr keep one seq order; long and odd lines survive", async () => {
   await using agent = await startAgentProcess(loopbackConfig());
@@ -69,63 +73,66 @@ Deno.test("acceptance 3: interleaved stdout/stderr keep one seq order; long and 
   assertEquals(out.lines, { stdout: 206, stderr: 200 });
 });
 
-Deno.test("acceptance 3: a stalled reader stalls the step; the agent's memory stays flat over 1 GiB", async () => {
-  if (noProc()) return;
-  await using agent = await startAgentProcess(loopbackConfig());
-  await using client = new AgentRpc({ url: agent.url }, caps);
-  const bytes = 2 ** 30;
-  const step = Step.shell("test.flood", `yes "$(printf '%099d' 0)" | head -c ${bytes}`);
-  // Warm the agent up (JIT, heap) so the baseline is its steady state.
-  await client.runStreaming(Step.shell("test.warm", "seq 1 200000"), { write() {} });
-  const baseline = rssBytes(agent.pid);
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => (release = resolve));
-  let lines = 0;
-  let chars = 0;
-  const sink: LogSink = {
-    write(line) {
-      lines++;
-      chars += line.text.length;
-      // The first line holds the reader for 5 s: nothing is read meanwhile.
-      if (lines === 1) return released;
-    },
-  };
-  let stalledMax = 0;
-  let overallMax = 0;
-  let stalled = true;
-  const sampler = setInterval(() => {
-    const rss = rssBytes(agent.pid);
-    overallMax = Math.max(overallMax, rss);
-    if (stalled) stalledMax = Math.max(stalledMax, rss);
-  }, 50);
-  const running = client.runStreaming(step, sink);
-  await new Promise((resolve) => setTimeout(resolve, 5000));
-  stalled = false;
-  release();
-  const out = await running;
-  clearInterval(sampler);
-  assertEquals(out.exitCode, 0);
-  assertEquals(lines, Math.ceil(bytes / 100));
-  assertEquals(chars + lines - 1, bytes, "every byte arrived (the last line has no newline)");
-  const MiB = 2 ** 20;
-  console.log(
-    `agent RSS: baseline ${(baseline / MiB).toFixed(1)} MiB, stalled max +${
-      ((stalledMax - baseline) / MiB).toFixed(1)
-    } MiB, streaming max +${((overallMax - baseline) / MiB).toFixed(1)} MiB`,
-  );
-  // Without backpressure the agent would hold most of the GiB within 5 s.
-  assertLess(
-    stalledMax - baseline,
-    32 * MiB,
-    `RSS while stalled: +${(stalledMax - baseline) / MiB} MiB`,
-  );
-  // While streaming, only the garbage of a few batches comes and goes.
-  assertLess(
-    overallMax - baseline,
-    256 * MiB,
-    `RSS while streaming: +${(overallMax - baseline) / MiB} MiB`,
-  );
-});
+Deno.test(
+  "acceptance 3: a stalled reader stalls the step; the agent's memory stays flat over 1 GiB",
+  timeLimit(90_000, async () => {
+    if (noProc()) return;
+    await using agent = await startAgentProcess(loopbackConfig());
+    await using client = new AgentRpc({ url: agent.url }, caps);
+    const bytes = 2 ** 30;
+    const step = Step.shell("test.flood", `yes "$(printf '%099d' 0)" | head -c ${bytes}`);
+    // Warm the agent up (JIT, heap) so the baseline is its steady state.
+    await client.runStreaming(Step.shell("test.warm", "seq 1 200000"), { write() {} });
+    const baseline = rssBytes(agent.pid);
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let lines = 0;
+    let chars = 0;
+    const sink: LogSink = {
+      write(line) {
+        lines++;
+        chars += line.text.length;
+        // The first line holds the reader for 5 s: nothing is read meanwhile.
+        if (lines === 1) return released;
+      },
+    };
+    let stalledMax = 0;
+    let overallMax = 0;
+    let stalled = true;
+    const sampler = setInterval(() => {
+      const rss = rssBytes(agent.pid);
+      overallMax = Math.max(overallMax, rss);
+      if (stalled) stalledMax = Math.max(stalledMax, rss);
+    }, 50);
+    const running = client.runStreaming(step, sink);
+    await new Promise((resolve) => setTimeout(resolve, 5000));
+    stalled = false;
+    release();
+    const out = await running;
+    clearInterval(sampler);
+    assertEquals(out.exitCode, 0);
+    assertEquals(lines, Math.ceil(bytes / 100));
+    assertEquals(chars + lines - 1, bytes, "every byte arrived (the last line has no newline)");
+    const MiB = 2 ** 20;
+    console.log(
+      `agent RSS: baseline ${(baseline / MiB).toFixed(1)} MiB, stalled max +${
+        ((stalledMax - baseline) / MiB).toFixed(1)
+      } MiB, streaming max +${((overallMax - baseline) / MiB).toFixed(1)} MiB`,
+    );
+    // Without backpressure the agent would hold most of the GiB within 5 s.
+    assertLess(
+      stalledMax - baseline,
+      32 * MiB,
+      `RSS while stalled: +${(stalledMax - baseline) / MiB} MiB`,
+    );
+    // While streaming, only the garbage of a few batches comes and goes.
+    assertLess(
+      overallMax - baseline,
+      256 * MiB,
+      `RSS while streaming: +${(overallMax - baseline) / MiB} MiB`,
+    );
+  }),
+);
 
 /** A step that prints its process group id, then waits with two children in its group. */
 const SLEEPERS = Step.shell("test.sleep", "echo $$; sleep 300 & sleep 300 & wait", {
@@ -230,26 +237,29 @@ Deno.test("acceptance 4: step timeouts work through the agent", async () => {
   assert(!isAlive(Number(sink2.lines[0].text)));
 });
 
-Deno.test("acceptance 4: aborting while the reader is stalled (the step blocked on its pipe) kills the group", async () => {
-  if (noProc()) return;
-  await using agent = await startAgentProcess(loopbackConfig());
-  await using client = new AgentRpc({ url: agent.url }, caps);
-  const abort = new AbortController();
-  let first: string | undefined;
-  const sink: LogSink = {
-    write(line) {
-      first ??= line.text;
-      // Never returns: the agent's queue fills and the step blocks in write(2).
-      return new Promise(() => {});
-    },
-  };
-  const flood = Step.shell("test.flood", "echo $$; yes", { killGraceMs: 500 });
-  const running = client.runStreaming(flood, sink, { signal: abort.signal });
-  assert(await waitFor(() => first !== undefined, 10_000));
-  const pgid = Number(first);
-  await new Promise((resolve) => setTimeout(resolve, 500));
-  assertEquals(groupMembers(pgid).length, 2, "sh and yes, blocked");
-  abort.abort();
-  assert((await running).cancelled);
-  assert(await waitFor(() => groupMembers(pgid).length === 0, 10_000), "no survivor");
-});
+Deno.test(
+  "acceptance 4: aborting while the reader is stalled (the step blocked on its pipe) kills the group",
+  timeLimit(30_000, async () => {
+    if (noProc()) return;
+    await using agent = await startAgentProcess(loopbackConfig());
+    await using client = new AgentRpc({ url: agent.url }, caps);
+    const abort = new AbortController();
+    let first: string | undefined;
+    const sink: LogSink = {
+      write(line) {
+        first ??= line.text;
+        // Never returns: the agent's queue fills and the step blocks in write(2).
+        return new Promise(() => {});
+      },
+    };
+    const flood = Step.shell("test.flood", "echo $$; yes", { killGraceMs: 500 });
+    const running = client.runStreaming(flood, sink, { signal: abort.signal });
+    assert(await waitFor(() => first !== undefined, 10_000));
+    const pgid = Number(first);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    assertEquals(groupMembers(pgid).length, 2, "sh and yes, blocked");
+    abort.abort();
+    assert((await running).cancelled);
+    assert(await waitFor(() => groupMembers(pgid).length === 0, 10_000), "no survivor");
+  }),
+);

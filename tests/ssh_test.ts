@@ -22,6 +22,7 @@ import { HAS_PROC, pidsWithCommandLine, waitFor } from "./_procs.ts";
 import { exists, missing, RSYNC } from "./_prereq.ts";
 import { type Sshd, sshdMissing, startSshd } from "./_sshd.ts";
 import { assertByteExact } from "./_hostile.ts";
+import { timeLimit } from "./_time_limit.ts";
 
 const skip = sshdMissing() ?? missing([HAS_PROC, "/proc (Linux) to watch the remote processes"]);
 const sshd: Sshd | null = skip ? null : await startSshd();
@@ -57,7 +58,7 @@ function target(extra: Partial<SshExecOptions> = {}): SshExecOptions {
 
 function sshTest(
   name: string,
-  fn: () => Promise<void>,
+  fn: (t: Deno.TestContext) => Promise<void>,
   opts: { needs?: [boolean, string][] } = {},
 ) {
   const reason = skip ?? (opts.needs ? missing(...opts.needs) : undefined);
@@ -329,7 +330,7 @@ sshTest(
 
 sshTest(
   "session: a stalled sink holds back its own step only; a concurrent step on the same session finishes",
-  async () => {
+  timeLimit(30_000, async () => {
     await using exec = new SshExec(target(), CAPS);
     const sessions = await sshd!.sessions();
     const counter = `${remoteDir}/count-${marker()}`;
@@ -376,7 +377,7 @@ sshTest(
     // Both steps rode one session: the connect probe and the session are all sshd saw.
     assertEquals(await sshd!.sessions(), sessions + 2);
     await Deno.remove(counter).catch(() => {});
-  },
+  }),
 );
 
 sshTest(
@@ -755,15 +756,44 @@ function closedPort(): number {
   return port;
 }
 
-/** Pids of ssh mux masters (`ssh: /tmp/oe-XXXX/m [mux]`). */
+/**
+ * Pids of ssh mux masters (`ssh: /tmp/oe-XXXX/m [mux]`) connected to this file's sshd. Only
+ * those: every SshExec on the machine (a concurrent test run, another checkout) has a master
+ * that looks the same, and counting theirs made the "exactly one new master" checks flaky.
+ */
 function muxMasters(): number[] {
+  const sockets = socketsTo(sshd!.port);
   return pidsWithCommandLine("[mux]").filter((pid) => {
     try {
-      return Deno.readTextFileSync(`/proc/${pid}/cmdline`).startsWith("ssh: /tmp/oe-");
+      if (!Deno.readTextFileSync(`/proc/${pid}/cmdline`).startsWith("ssh: /tmp/oe-")) return false;
+      for (const fd of Deno.readDirSync(`/proc/${pid}/fd`)) {
+        const link = Deno.readLinkSync(`/proc/${pid}/fd/${fd.name}`);
+        if (sockets.has(/^socket:\[(\d+)\]$/.exec(link)?.[1] ?? "")) return true;
+      }
     } catch {
-      return false;
+      // Gone while we looked.
     }
+    return false;
   });
+}
+
+/** The inodes of this namespace's TCP sockets whose remote end is port `port`. */
+function socketsTo(port: number): Set<string> {
+  const hex = port.toString(16).toUpperCase().padStart(4, "0");
+  const inodes = new Set<string>();
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    let text = "";
+    try {
+      text = Deno.readTextFileSync(table);
+    } catch {
+      continue;
+    }
+    for (const row of text.split("\n").slice(1)) {
+      const columns = row.trim().split(/\s+/);
+      if (columns.length > 9 && columns[2].endsWith(`:${hex}`)) inodes.add(columns[9]);
+    }
+  }
+  return inodes;
 }
 
 /** Live children of `pid`. */

@@ -15,6 +15,7 @@ import { CollectingSink } from "../executor/sinks.ts";
 import type { LogSink } from "../executor/types.ts";
 import { findProgram } from "../tests/_prereq.ts";
 import { ignoredOrBlocked, pidsWithCommandLine, SIGNAL_STATE, waitFor } from "../tests/_procs.ts";
+import { timeLimit } from "../tests/_time_limit.ts";
 import {
   encodeAck,
   encodeKill,
@@ -61,7 +62,7 @@ async function run(session: SshSession, argv: string[], extra: Partial<SessionRu
   return { out, stdout: sink.text("stdout"), stderr: sink.text("stderr") };
 }
 
-function perlTest(name: string, fn: () => Promise<void>) {
+function perlTest(name: string, fn: (t: Deno.TestContext) => Promise<void>) {
   Deno.test({ name, ignore: !PERL || !HAS_PROC, fn });
 }
 
@@ -271,7 +272,7 @@ perlTest("a local session runs steps at once (one waits for a file the other mak
 
 perlTest(
   "per-step backpressure: a stalled sink holds its own step at the window; another step finishes",
-  async () => {
+  timeLimit(30_000, async () => {
     const window = 64 * 1024;
     const session = localSession({ window });
     const dir = await Deno.makeTempDir();
@@ -327,35 +328,38 @@ perlTest(
       await session.close();
       await Deno.remove(dir, { recursive: true });
     }
-  },
+  }),
 );
 
-perlTest("memory stays bounded while a step prints 1 GiB into a slow-ish sink", async () => {
-  const session = localSession();
-  try {
-    let lines = 0;
-    const sink: LogSink = {
-      write() {
-        lines++;
-        if (lines % 100_000 === 0) return new Promise((r) => setTimeout(r, 1));
-        if (lines % 10 === 0) return Promise.resolve();
-      },
-    };
-    const before = Deno.memoryUsage().rss;
-    let peak = before;
-    const probe = setInterval(() => (peak = Math.max(peak, Deno.memoryUsage().rss)), 50);
-    const out = await session.run(
-      step(["/bin/sh", "-c", `yes ${"x".repeat(99)} | head -c 1073741824`]),
-      sink,
-    );
-    clearInterval(probe);
-    assertEquals(out.status?.exitCode, 0);
-    assertEquals(lines, Math.ceil(2 ** 30 / 100));
-    assertLess(peak - before, 200 * 1024 * 1024, `RSS grew by ${(peak - before) >> 20} MiB`);
-  } finally {
-    await session.close();
-  }
-});
+perlTest(
+  "memory stays bounded while a step prints 1 GiB into a slow-ish sink",
+  timeLimit(60_000, async () => {
+    const session = localSession();
+    try {
+      let lines = 0;
+      const sink: LogSink = {
+        write() {
+          lines++;
+          if (lines % 100_000 === 0) return new Promise((r) => setTimeout(r, 1));
+          if (lines % 10 === 0) return Promise.resolve();
+        },
+      };
+      const before = Deno.memoryUsage().rss;
+      let peak = before;
+      const probe = setInterval(() => (peak = Math.max(peak, Deno.memoryUsage().rss)), 50);
+      const out = await session.run(
+        step(["/bin/sh", "-c", `yes ${"x".repeat(99)} | head -c 1073741824`]),
+        sink,
+      );
+      clearInterval(probe);
+      assertEquals(out.status?.exitCode, 0);
+      assertEquals(lines, Math.ceil(2 ** 30 / 100));
+      assertLess(peak - before, 200 * 1024 * 1024, `RSS grew by ${(peak - before) >> 20} MiB`);
+    } finally {
+      await session.close();
+    }
+  }),
+);
 
 perlTest(
   "a timeout and a cancel kill the step's whole group; a sink that throws does too",
@@ -423,32 +427,97 @@ perlTest(
   },
 );
 
+/**
+ * The pid of the session's supervisor, learnt from a step (the supervisor forks every step, so
+ * it is the step's parent). Never a search of the machine's processes by command line: another
+ * session on this machine (a concurrent test run, another checkout, tests/ssh_test.ts) looks the
+ * same, and freezing that one instead was what made these tests flaky.
+ */
+async function supervisorPid(session: SshSession): Promise<number> {
+  const { stdout } = await run(session, ["/bin/sh", "-c", 'echo "$PPID"']);
+  const pid = Number(stdout);
+  const cmdline = Deno.readTextFileSync(`/proc/${pid}/cmdline`);
+  assert(cmdline.startsWith("perl") && cmdline.includes("OPSX2"), `pid ${pid}: ${cmdline}`);
+  return pid;
+}
+
+/** The state letter of `pid` in /proc (`T` once stopped), or `null` when it is gone. */
+function procState(pid: number): string | null {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+  } catch {
+    return null;
+  }
+}
+
+/** Kills the frozen supervisor if the session did not (a failed test), after checking it is ours. */
+function killFrozen(pid: number | undefined): void {
+  if (pid === undefined || procState(pid) === null) return;
+  try {
+    if (Deno.readTextFileSync(`/proc/${pid}/cmdline`).includes("OPSX2")) Deno.kill(pid, "SIGKILL");
+  } catch {
+    // Gone meanwhile.
+  }
+}
+
 perlTest(
   "a supervisor that stops answering: the kill request goes unanswered, the session is given up, the step reports timed out",
-  async () => {
+  timeLimit(15_000, async (_t, limit) => {
     const session = localSession();
-    const token = `300.${Math.floor(Math.random() * 1e9)}`;
+    let frozen: number | undefined;
+    limit.addEventListener("abort", () => killFrozen(frozen));
     try {
-      const running = run(session, ["/bin/sh", "-c", `sleep ${token}`], {
+      frozen = await supervisorPid(session);
+      // Frozen before the step is sent: the timeout cannot win a race against the freeze (it
+      // used to be 200 ms against a /proc scan), so neither the step nor its kill request is
+      // ever read, whatever the machine's load.
+      Deno.kill(frozen, "SIGSTOP");
+      const pid = frozen;
+      assert(await waitFor(() => procState(pid) === "T", 2000), "the supervisor did not stop");
+      const { out } = await run(session, ["/bin/sh", "-c", "sleep 300"], {
         timeoutMs: 200,
         killGraceMs: 100,
       });
-      assert(await waitFor(() => pidsWithCommandLine(token).length >= 1, 5000));
-      // Freeze the supervisor (the shell exec'd it): nothing it does reaches us any more.
-      const supervisor = pidsWithCommandLine("OPSX2").filter((pid) =>
-        Deno.readTextFileSync(`/proc/${pid}/cmdline`).startsWith("perl")
-      );
-      assertEquals(supervisor.length, 1);
-      Deno.kill(supervisor[0], "SIGSTOP");
-      const { out } = await running;
       assertEquals([out.timedOut, out.status], [true, null]);
       assertFalse(session.usable);
     } finally {
       await session.close();
+      killFrozen(frozen);
+    }
+  }),
+);
+
+perlTest(
+  "a supervisor that stops answering while its step runs: the cancel goes unanswered, the session is given up, the step reports cancelled",
+  timeLimit(15_000, async (_t, limit) => {
+    const session = localSession();
+    const token = `300.${Math.floor(Math.random() * 1e9)}`;
+    let frozen: number | undefined;
+    limit.addEventListener("abort", () => killFrozen(frozen));
+    try {
+      frozen = await supervisorPid(session);
+      const pid = frozen;
+      const controller = new AbortController();
+      // The step freezes its own supervisor (its parent), then runs on: the host froze mid-step.
+      const running = session.run(
+        step(["/bin/sh", "-c", `kill -STOP "$PPID"; exec sleep ${token}`], { killGraceMs: 100 }),
+        new CollectingSink(),
+        controller.signal,
+      );
+      assert(await waitFor(() => procState(pid) === "T", 5000), "the supervisor did not stop");
+      // Only now is the kill request sent: nothing can answer it.
+      controller.abort();
+      const out = await running;
+      assertEquals([out.cancelled, out.timedOut, out.status], [true, false, null]);
+      assertFalse(session.usable);
+    } finally {
+      await session.close();
+      killFrozen(frozen);
       // The frozen supervisor was killed with its step still running: clean up here.
       for (const pid of pidsWithCommandLine(token)) Deno.kill(pid, "SIGKILL");
     }
-  },
+  }),
 );
 
 perlTest("an idle session closes itself; it keeps no process behind", async () => {

@@ -15,6 +15,7 @@ import { Step } from "../step/mod.ts";
 import { groupMembers, HAS_PROC, isAlive, waitFor } from "../tests/_procs.ts";
 import { exists, missing } from "../tests/_prereq.ts";
 import { LocalExec } from "./local.ts";
+import { timeLimit } from "../tests/_time_limit.ts";
 
 const caps = CapabilitySet.of("test.*", "observe");
 const exec = new LocalExec(caps, { host: "here" });
@@ -265,65 +266,71 @@ Deno.test("a sink whose promise rejects also ends the run", async () => {
   );
 });
 
-Deno.test("backpressure: while the sink's write is pending the producer is blocked on its pipe", async () => {
-  const dir = await Deno.makeTempDir();
-  const counter = `${dir}/count`;
-  // Writes 20 000 lines of 100 bytes, appending a mark after each: the marks
-  // count the lines the pipe has taken. (Appending, not overwriting: dash
-  // truncates a `>` target before flushing a blocked write, so an overwritten
-  // counter would read empty while the producer is stalled.)
-  const producer =
-    `i=0; while [ $i -lt 20000 ]; do printf '%099d\\n' $i; i=$((i+1)); echo >> ${counter}; done`;
-  let release!: () => void;
-  const gate = new Promise<void>((r) => (release = r));
-  let received = 0;
-  const sink: LogSink = {
-    write() {
-      received++;
-      if (received === 1) return gate; // stall on the first line
-    },
-  };
-  const running = exec.runStreaming(Step.shell("test.pressure", producer), sink);
-  const readCount = async () => (await Deno.readTextFile(counter).catch(() => "")).length;
-  await new Promise((r) => setTimeout(r, 1500));
-  const stalledAt = await readCount();
-  assert(stalledAt > 100, `the producer must have written something first (${stalledAt})`);
-  await new Promise((r) => setTimeout(r, 500));
-  const later = await readCount();
-  assertEquals(later, stalledAt, "the producer must not advance while the sink is pending");
-  // Pipe (64 KiB) plus one read chunk (64 KiB) hold about 1 300 lines of 100 bytes.
-  assertLess(stalledAt, 2000, `producer wrote ${stalledAt} lines while stalled`);
-  assertEquals(received, 1);
-  release();
-  const out = await running;
-  assert(out.success);
-  assertEquals(received, 20000);
-  await Deno.remove(dir, { recursive: true });
-});
+Deno.test(
+  "backpressure: while the sink's write is pending the producer is blocked on its pipe",
+  timeLimit(30_000, async () => {
+    const dir = await Deno.makeTempDir();
+    const counter = `${dir}/count`;
+    // Writes 20 000 lines of 100 bytes, appending a mark after each: the marks
+    // count the lines the pipe has taken. (Appending, not overwriting: dash
+    // truncates a `>` target before flushing a blocked write, so an overwritten
+    // counter would read empty while the producer is stalled.)
+    const producer =
+      `i=0; while [ $i -lt 20000 ]; do printf '%099d\\n' $i; i=$((i+1)); echo >> ${counter}; done`;
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let received = 0;
+    const sink: LogSink = {
+      write() {
+        received++;
+        if (received === 1) return gate; // stall on the first line
+      },
+    };
+    const running = exec.runStreaming(Step.shell("test.pressure", producer), sink);
+    const readCount = async () => (await Deno.readTextFile(counter).catch(() => "")).length;
+    await new Promise((r) => setTimeout(r, 1500));
+    const stalledAt = await readCount();
+    assert(stalledAt > 100, `the producer must have written something first (${stalledAt})`);
+    await new Promise((r) => setTimeout(r, 500));
+    const later = await readCount();
+    assertEquals(later, stalledAt, "the producer must not advance while the sink is pending");
+    // Pipe (64 KiB) plus one read chunk (64 KiB) hold about 1 300 lines of 100 bytes.
+    assertLess(stalledAt, 2000, `producer wrote ${stalledAt} lines while stalled`);
+    assertEquals(received, 1);
+    release();
+    const out = await running;
+    assert(out.success);
+    assertEquals(received, 20000);
+    await Deno.remove(dir, { recursive: true });
+  }),
+);
 
-Deno.test("memory stays flat while a step prints 1 GiB into a slow-ish sink", async () => {
-  let lines = 0;
-  const sink: LogSink = {
-    write() {
-      lines++;
-      // Asynchronous now and then, and a macrotask pause every 100 000 lines:
-      // the pipe, not memory, must carry the pressure.
-      if (lines % 100_000 === 0) return new Promise((r) => setTimeout(r, 1));
-      if (lines % 10 === 0) return Promise.resolve();
-    },
-  };
-  const before = Deno.memoryUsage().rss;
-  let peak = before;
-  const probe = setInterval(() => (peak = Math.max(peak, Deno.memoryUsage().rss)), 50);
-  const out = await exec.runStreaming(
-    Step.shell("test.flood", `yes ${"x".repeat(99)} | head -c 1073741824`),
-    sink,
-  );
-  clearInterval(probe);
-  assert(out.success);
-  assertEquals(lines, Math.ceil(2 ** 30 / 100));
-  assertLess(peak - before, 200 * 1024 * 1024, `RSS grew by ${(peak - before) >> 20} MiB`);
-});
+Deno.test(
+  "memory stays flat while a step prints 1 GiB into a slow-ish sink",
+  timeLimit(60_000, async () => {
+    let lines = 0;
+    const sink: LogSink = {
+      write() {
+        lines++;
+        // Asynchronous now and then, and a macrotask pause every 100 000 lines:
+        // the pipe, not memory, must carry the pressure.
+        if (lines % 100_000 === 0) return new Promise((r) => setTimeout(r, 1));
+        if (lines % 10 === 0) return Promise.resolve();
+      },
+    };
+    const before = Deno.memoryUsage().rss;
+    let peak = before;
+    const probe = setInterval(() => (peak = Math.max(peak, Deno.memoryUsage().rss)), 50);
+    const out = await exec.runStreaming(
+      Step.shell("test.flood", `yes ${"x".repeat(99)} | head -c 1073741824`),
+      sink,
+    );
+    clearInterval(probe);
+    assert(out.success);
+    assertEquals(lines, Math.ceil(2 ** 30 / 100));
+    assertLess(peak - before, 200 * 1024 * 1024, `RSS grew by ${(peak - before) >> 20} MiB`);
+  }),
+);
 
 Deno.test("the step sees the base environment plus step.env, not the caller's own variables", async () => {
   Deno.env.set("OPS_EXEC_CALLER_ONLY", "leaked");
