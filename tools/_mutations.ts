@@ -177,8 +177,11 @@ export const MUTATIONS: readonly Mutation[] = [
   {
     id: "sh-env-not-cleared",
     bug: "the sh supervisor runs the step with `env` instead of `env -i`",
-    file: "transports/_ssh_wrapper.ts",
-    edits: [{ find: 'exec setsid env -i "$@"', replace: 'exec setsid env "$@"' }],
+    file: "transports/_remote/step.sh",
+    edits: [
+      { find: `shift; exec setsid env -i "$@"'`, replace: `shift; exec setsid env "$@"'` },
+      { find: `shift; exec env -i "$@"' \\`, replace: `shift; exec env "$@"' \\` },
+    ],
     tests: contract("SshExec (sh)", "a step sees the stated base environment"),
   },
   {
@@ -213,7 +216,7 @@ export const MUTATIONS: readonly Mutation[] = [
   {
     id: "session-term-only",
     bug: "the perl session supervisor never sends SIGKILL after a step's grace",
-    file: "transports/_ssh_supervisor.ts",
+    file: "transports/_remote/session.pl",
     edits: [{
       find: 'if ($t >= $s->{kd}) { kill "KILL", -$s->{pid}; $s->{kd} = $t + 3600 }',
       replace: "if ($t >= $s->{kd}) { $s->{kd} = $t + 3600 }",
@@ -223,7 +226,7 @@ export const MUTATIONS: readonly Mutation[] = [
   {
     id: "perl-wrapper-term-only",
     bug: "the per-step perl supervisor never sends SIGKILL after the grace",
-    file: "transports/_ssh_wrapper.ts",
+    file: "transports/_remote/step.pl",
     edits: [{
       find: `  select(undef, undef, undef, $grace / 1000);
   kill "KILL", -$pid;`,
@@ -234,8 +237,12 @@ export const MUTATIONS: readonly Mutation[] = [
   {
     id: "sh-wrapper-term-only",
     bug: "the sh supervisor never sends SIGKILL after the grace",
-    file: "transports/_ssh_wrapper.ts",
-    edits: [{ find: `sleep "$gs"; kill -KILL -"$k" 2>/dev/null)`, replace: `sleep "$gs")` }],
+    file: "transports/_remote/step.sh",
+    edits: [{
+      find: `  sleep "$gs"
+  kill -KILL -"$k" || kill -KILL "$k"`,
+      replace: `  sleep "$gs"`,
+    }],
     tests: contract("SshExec (sh)", STUBBORN),
   },
 
