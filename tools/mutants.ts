@@ -261,7 +261,10 @@ async function runMutation(
   try {
     // A mutation that does not compile would fail its tests for the wrong reason (and
     // code the tests run as a subprocess, like the agent, is not checked by deno test).
-    const check = await runDeno(copy, ["check", "--quiet", m.file], opts.runLimitMs, log);
+    // A remote script (.sh, .pl) is text to Deno: its tests are its check.
+    const check = m.file.endsWith(".ts")
+      ? await runDeno(copy, ["check", "--quiet", m.file], opts.runLimitMs, log)
+      : { code: 0 };
     if (check.code !== 0) {
       return { kind: "invalid", why: "the mutated code does not type-check", log };
     }
