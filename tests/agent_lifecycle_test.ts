@@ -20,74 +20,90 @@ import { timeLimit } from "./_time_limit.ts";
 const caps = CapabilitySet.of("test.*", "other.*");
 const noProc = () => missing([HAS_PROC, "/proc (Linux) to inspect the agent's processes"]);
 
-Deno.test("acceptance 6: SIGTERM stops accepting, running steps get their grace, all audited, exit 0", async () => {
-  if (noProc()) return;
-  const agent = await startAgentProcess(loopbackConfig());
-  const client = new AgentRpc({ url: agent.url }, caps);
-  // Refused before the signal: audited too.
-  await assertRejects(
-    () => client.runStreaming(Step.shell("other.thing", "true"), { write() {} }),
-    CapabilityDenied,
-  );
-  const steps = {
-    // Catches TERM, takes 1 s to finish cleanly within its 5 s grace.
-    graceful: Step.shell(
-      "test.graceful",
-      "trap 'echo got TERM; sleep 1; echo bye; exit 7' TERM; echo $$; while :; do sleep 0.05; done",
-    ),
-    // Ignores TERM: SIGKILL after its 500 ms grace.
-    stubborn: Step.shell("test.stubborn", "trap '' TERM; echo $$; sleep 300", { killGraceMs: 500 }),
-    // Dies of TERM at once.
-    plain: Step.shell("test.plain", "echo $$; sleep 300"),
-  };
-  const sinks = {
-    graceful: new CollectingSink(),
-    stubborn: new CollectingSink(),
-    plain: new CollectingSink(),
-  };
-  const names = ["graceful", "stubborn", "plain"] as const;
-  const running = names.map((name) => client.runStreaming(steps[name], sinks[name]));
-  assert(await waitFor(() => names.every((n) => sinks[n].lines.length > 0), 10_000));
-  const pgids = names.map((n) => Number(sinks[n].lines[0].text));
+Deno.test(
+  "acceptance 6: SIGTERM stops accepting, running steps get their grace, all audited, exit 0",
+  timeLimit(30_000, async (_t, limit) => {
+    if (noProc()) return;
+    const agent = await startAgentProcess(loopbackConfig());
+    const client = new AgentRpc({ url: agent.url }, caps);
+    // Refused before the signal: audited too.
+    await assertRejects(
+      () => client.runStreaming(Step.shell("other.thing", "true"), { write() {} }),
+      CapabilityDenied,
+    );
+    const steps = {
+      // Catches TERM, takes 1 s to finish cleanly within its 5 s grace.
+      graceful: Step.shell(
+        "test.graceful",
+        "trap 'echo got TERM; sleep 1; echo bye; exit 7' TERM; echo $$; while :; do sleep 0.05; done",
+      ),
+      // Ignores TERM: SIGKILL after its 500 ms grace.
+      stubborn: Step.shell("test.stubborn", "trap '' TERM; echo $$; sleep 300", {
+        killGraceMs: 500,
+      }),
+      // Dies of TERM at once.
+      plain: Step.shell("test.plain", "echo $$; sleep 300"),
+    };
+    const sinks = {
+      graceful: new CollectingSink(),
+      stubborn: new CollectingSink(),
+      plain: new CollectingSink(),
+    };
+    const names = ["graceful", "stubborn", "plain"] as const;
+    const running = names.map((name) => client.runStreaming(steps[name], sinks[name]));
+    assert(await waitFor(() => names.every((n) => sinks[n].lines.length > 0), 10_000));
+    const pgids = names.map((n) => Number(sinks[n].lines[0].text));
+    // A stubborn step that never gets its SIGKILL would keep this test for its whole `sleep 300`.
+    limit.addEventListener("abort", () => {
+      for (const pgid of pgids) {
+        try {
+          Deno.kill(-pgid, "SIGKILL");
+        } catch {
+          // Gone already.
+        }
+      }
+      void agent[Symbol.asyncDispose]();
+    });
 
-  agent.child.kill("SIGTERM");
-  // New connections are refused at once, while the steps are in their grace.
-  await new Promise((resolve) => setTimeout(resolve, 300));
-  const late = new AgentRpc({ url: agent.url }, caps);
-  const refused = await assertRejects(
-    () => late.runStreaming(Step.shell("test.late", "true"), { write() {} }),
-    TransportError,
-  );
-  assertEquals(refused.kind, "unreachable");
-  await late.close();
+    agent.child.kill("SIGTERM");
+    // New connections are refused at once, while the steps are in their grace.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const late = new AgentRpc({ url: agent.url }, caps);
+    const refused = await assertRejects(
+      () => late.runStreaming(Step.shell("test.late", "true"), { write() {} }),
+      TransportError,
+    );
+    assertEquals(refused.kind, "unreachable");
+    await late.close();
 
-  const [graceful, stubborn, plain] = await Promise.all(running);
-  assertEquals(graceful.exitCode, 7);
-  assert(graceful.cancelled);
-  // (The shell may also report its killed `sleep` on stderr.)
-  assertEquals(sinks.graceful.text("stdout").split("\n").slice(1), ["got TERM", "bye"]);
-  assertEquals(stubborn.signal, "SIGKILL");
-  assertEquals(plain.signal, "SIGTERM");
-  for (const pgid of pgids) assertEquals(groupMembers(pgid), [], `group ${pgid} is gone`);
+    const [graceful, stubborn, plain] = await Promise.all(running);
+    assertEquals(graceful.exitCode, 7);
+    assert(graceful.cancelled);
+    // (The shell may also report its killed `sleep` on stderr.)
+    assertEquals(sinks.graceful.text("stdout").split("\n").slice(1), ["got TERM", "bye"]);
+    assertEquals(stubborn.signal, "SIGKILL");
+    assertEquals(plain.signal, "SIGTERM");
+    for (const pgid of pgids) assertEquals(groupMembers(pgid), [], `group ${pgid} is gone`);
 
-  const status = await agent.child.status;
-  assertEquals(status.code, 0, agent.output());
-  assertStringIncludes(agent.output(), "SIGTERM: shutting down (running steps: 3)");
-  const runs = agent.auditLines().filter((l) => l.endpoint === "POST /v1/run");
-  assertEquals(runs.length, 4, "one line for every request");
-  assertEquals(runs[0].decision, "denied");
-  const byAction = Object.fromEntries(runs.slice(1).map((l) => [l.action, l]));
-  assertEquals(byAction["test.graceful"].exitCode, 7);
-  assertEquals(byAction["test.stubborn"].signal, "SIGKILL");
-  assertEquals(byAction["test.plain"].signal, "SIGTERM");
-  for (const line of runs.slice(1)) {
-    assertEquals(line.cancelled, true);
-    assertEquals(line.reason, "agent shutting down");
-  }
-  await client.close();
-  await agent.stop();
-  await Deno.remove(agent.dir, { recursive: true });
-});
+    const status = await agent.child.status;
+    assertEquals(status.code, 0, agent.output());
+    assertStringIncludes(agent.output(), "SIGTERM: shutting down (running steps: 3)");
+    const runs = agent.auditLines().filter((l) => l.endpoint === "POST /v1/run");
+    assertEquals(runs.length, 4, "one line for every request");
+    assertEquals(runs[0].decision, "denied");
+    const byAction = Object.fromEntries(runs.slice(1).map((l) => [l.action, l]));
+    assertEquals(byAction["test.graceful"].exitCode, 7);
+    assertEquals(byAction["test.stubborn"].signal, "SIGKILL");
+    assertEquals(byAction["test.plain"].signal, "SIGTERM");
+    for (const line of runs.slice(1)) {
+      assertEquals(line.cancelled, true);
+      assertEquals(line.reason, "agent shutting down");
+    }
+    await client.close();
+    await agent.stop();
+    await Deno.remove(agent.dir, { recursive: true });
+  }),
+);
 
 Deno.test("acceptance 7: an agent that is down is a TransportError (unreachable)", async () => {
   const agent = await startAgentProcess(loopbackConfig());
