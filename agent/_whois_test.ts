@@ -1,4 +1,10 @@
-import { assert, assertEquals, assertFalse, assertThrows } from "@deps/assert";
+import {
+  assert,
+  assertEquals,
+  assertFalse,
+  assertStringIncludes,
+  assertThrows,
+} from "@deps/assert";
 import { whoisText } from "../tests/_tailscale_standin.ts";
 import { selectorMatches } from "./_grants.ts";
 import { isLoopback, parseListen, unmapAddress } from "./_net.ts";
@@ -119,16 +125,21 @@ Deno.test("addresses: unmapping, loopback, listen values", () => {
       "::1",
       "0:0:0:0:0:0:0:1",
       "::ffff:127.0.0.2",
-      "localhost",
     ]
   ) {
     assert(isLoopback(yes), yes);
   }
-  for (const no of ["100.64.0.1", "0.0.0.0", "::", "::ffff:100.64.0.1", "128.0.0.1"]) {
+  for (
+    const no of ["100.64.0.1", "0.0.0.0", "::", "::ffff:100.64.0.1", "128.0.0.1", "localhost"]
+  ) {
     assertFalse(isLoopback(no), no);
   }
   assertEquals(parseListen("[::ffff:127.0.0.1]:0"), { hostname: "::ffff:127.0.0.1", port: 0 });
   assertEquals(typeof parseListen("example.com:80"), "string");
+  // Issue 13: a name is not an address, "localhost" included (it may not be loopback).
+  for (const name of ["localhost:7070", "LOCALHOST:7070", "localhost.:7070"]) {
+    assertStringIncludes(String(parseListen(name)), "127.0.0.1", name);
+  }
   assertEquals(typeof parseListen("1.2.3.4"), "string");
   assertEquals(typeof parseListen("[1.2.3.4]:1"), "string");
   assertEquals(typeof parseListen("256.1.1.1:1"), "string");
