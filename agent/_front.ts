@@ -57,10 +57,16 @@ export interface FrontOptions {
   onRefused(refusal: Refusal): void;
 }
 
-/** Unidentified connections (whois pending, or being refused) one address may hold. */
-const MAX_UNIDENTIFIED_PER_PEER = 8;
+/**
+ * Unidentified connections (whois pending, or being refused) one address may
+ * hold: a caller's burst of new connections (a fan-out of steps) passes, a
+ * flood is closed at once.
+ */
+const MAX_UNIDENTIFIED_PER_PEER = 64;
 /** Unidentified connections all addresses together may hold. */
-const MAX_UNIDENTIFIED = 64;
+const MAX_UNIDENTIFIED = 256;
+/** How long an address whois did not know is refused without asking again, whatever its port. */
+const UNKNOWN_ADDRESS_MS = 1000;
 /** How long a refused connection is drained (so the answer is read, not reset) before it is closed. */
 const LINGER_MS = 1000;
 /** How long accept waits after a failure (EMFILE) before it tries again. */
@@ -150,8 +156,11 @@ export class Front {
   readonly #opts: FrontOptions;
   readonly #listener: Deno.Listener<Deno.TcpConn, Deno.NetAddr>;
   readonly #relays = new Map<number, Relay>();
+  readonly #pumping = new Set<Promise<unknown>>();
   readonly #perPeer = new Map<string, number>();
   readonly #unidentified = new Map<string, number>();
+  /** Addresses whois said it does not know, and when. */
+  readonly #unknown = new Map<string, { at: number; message: string }>();
   #unidentifiedTotal = 0;
   #open = 0;
   #internal!: Deno.HttpServer<Deno.NetAddr>;
@@ -200,9 +209,11 @@ export class Front {
       if (relay.inFlight === 0 && !relay.upgraded) this.#drop(relay);
     }
     let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline = new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs)));
+    // The answers in flight end, then their last bytes still pass the relays.
     await Promise.race([
-      this.#internal.shutdown(),
-      new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+      this.#internal.shutdown().then(() => Promise.all(this.#pumping)),
+      deadline,
     ]);
     clearTimeout(timer);
     for (const relay of this.#relays.values()) this.#drop(relay);
@@ -317,11 +328,16 @@ export class Front {
       this.#unidentifiedTotal++;
       counted = true;
       try {
+        const known = this.#unknown.get(ip);
+        if (known && performance.now() - known.at < UNKNOWN_ADDRESS_MS) {
+          throw new UnknownPeer(known.message);
+        }
         await this.#opts.identify(ip, peer.port);
       } catch (error) {
         const unknown = error instanceof UnknownPeer;
         if (!unknown && !(error instanceof IdentityUnavailable)) throw error;
         const message = error instanceof Error ? error.message : String(error);
+        if (unknown) this.#rememberUnknown(ip, message);
         this.#opts.onRefused({
           from,
           status: unknown ? 401 : 503,
@@ -346,6 +362,9 @@ export class Front {
         await refuse(conn, 503, { code: "too_many_connections", message: `${over}; retry later` });
         return;
       }
+      // Identified and within its limits: from here on it counts as the peer's.
+      this.#release(ip);
+      counted = false;
       let upstream: Deno.TcpConn;
       try {
         upstream = await Deno.connect({ hostname: "127.0.0.1", port: this.#internalPort });
@@ -357,13 +376,23 @@ export class Front {
         });
         return;
       }
-      this.#release(ip);
-      counted = false;
       await this.#relay(new Relay(peer, conn, upstream));
     } finally {
       if (counted) this.#release(ip);
       this.#open--;
     }
+  }
+
+  #rememberUnknown(ip: string, message: string): void {
+    if (this.#unknown.size >= 4096) {
+      const now = performance.now();
+      for (const [key, entry] of this.#unknown) {
+        if (now - entry.at >= UNKNOWN_ADDRESS_MS || this.#unknown.size >= 4096) {
+          this.#unknown.delete(key);
+        }
+      }
+    }
+    this.#unknown.set(ip, { at: performance.now(), message });
   }
 
   #release(ip: string): void {
@@ -377,12 +406,16 @@ export class Front {
     const port = relay.upstream.localAddr.port;
     this.#relays.set(port, relay);
     this.#perPeer.set(relay.ip, (this.#perPeer.get(relay.ip) ?? 0) + 1);
+    const pumps = Promise.all([
+      pump(relay.client, relay.upstream, () => relay.received()),
+      // Once the app has answered and closed its side, the relay is done.
+      pump(relay.upstream, relay.client, () => {}).then(() => relay.close()),
+    ]);
+    this.#pumping.add(pumps);
     try {
-      await Promise.all([
-        pump(relay.client, relay.upstream, () => relay.received()),
-        pump(relay.upstream, relay.client, () => {}),
-      ]);
+      await pumps;
     } finally {
+      this.#pumping.delete(pumps);
       this.#drop(relay);
     }
   }
@@ -487,25 +520,27 @@ async function refuse(
   const head = `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${
     encoder.encode(body).length
   }\r\nconnection: close\r\n${status === 503 ? "retry-after: 1\r\n" : ""}\r\n`;
+  const sink = new Uint8Array(16 * 1024);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<null>((resolve) => {
+    timer = setTimeout(() => resolve(null), LINGER_MS);
+  });
   try {
+    // The answer goes out once the client has sent its request (an HTTP
+    // client that reads an answer before it has written takes it for a broken
+    // connection); what it sends is dropped unread, never parsed or kept.
+    let drained = await Promise.race([conn.read(sink), timeout]) ?? 0;
     await conn.write(encoder.encode(head + body));
     await conn.closeWrite();
-    const sink = new Uint8Array(16 * 1024);
-    const deadline = performance.now() + LINGER_MS;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<null>((
-      resolve,
-    ) => (timer = setTimeout(() => resolve(null), LINGER_MS)));
-    let drained = 0;
-    while (performance.now() < deadline && drained < 64 * 1024) {
+    while (drained < 64 * 1024) {
       const n = await Promise.race([conn.read(sink), timeout]);
       if (n === null) break;
       drained += n;
     }
-    clearTimeout(timer);
   } catch {
     // The client is gone already.
   } finally {
+    clearTimeout(timer);
     closeQuietly(conn);
   }
 }

@@ -61,12 +61,12 @@ export interface AgentSection {
    */
   readonly shutdownGraceMs: number;
   /**
-   * How steps are kept apart (`step_isolation`): `"namespace"` (Linux, the
-   * default there: each step in PID and mount namespaces of its own with a
-   * private /proc, so it cannot see, signal or read another caller's step,
-   * the agent, or the audit log's directory; the agent refuses to start when
-   * it cannot make them) or `"none"` (every step a process of the agent's
-   * account among the others; the only choice on macOS). See docs/agent.md.
+   * How steps are kept apart (`step_isolation`): `"namespace"` (Linux: each
+   * step in PID and mount namespaces of its own with a private /proc, so it
+   * cannot see, signal or read another caller's step, the agent, or the
+   * audit log's directory; the agent refuses to start when it cannot make
+   * them) or `"none"` (the default, and the only choice on macOS: every step
+   * a process of the agent's account among the others). See docs/agent.md.
    */
   readonly stepIsolation: "namespace" | "none";
   /**
@@ -80,7 +80,10 @@ export interface AgentSection {
   readonly auditSyslogSocket?: string;
   /** Connections open at once before new ones are refused (`max_connections`, default 512). */
   readonly maxConnections: number;
-  /** Connections one peer address may hold open (`max_connections_per_peer`, default 64). */
+  /**
+   * Connections one peer address may hold open (`max_connections_per_peer`,
+   * default 64, or twice `max_concurrent` when that is more).
+   */
   readonly maxConnectionsPerPeer: number;
   /**
    * How long a request's head may take to arrive, from the connection's first
@@ -306,13 +309,23 @@ function readAgent(t: Record<string, unknown>): AgentSection {
       DEFAULT_MAX_KILL_GRACE_S * 1000,
     shutdownGraceMs: seconds(t.shutdown_grace, "agent.shutdown_grace", 0, 600) ??
       DEFAULT_SHUTDOWN_GRACE_S * 1000,
-    stepIsolation: readNamespaceChoice(t.step_isolation, "agent.step_isolation"),
+    // Off unless asked for: it costs several milliseconds a step and changes
+    // what a step sees (its own pids only; no setuid programs as an
+    // unprivileged agent). See docs/agent.md, "Steps apart".
+    stepIsolation: t.step_isolation === undefined
+      ? "none"
+      : readNamespaceChoice(t.step_isolation, "agent.step_isolation"),
     ...readSyslog(t),
     maxConnections: integer(t.max_connections, "agent.max_connections", 8, 65536) ??
       DEFAULT_MAX_CONNECTIONS,
+    // A caller may run max_concurrent steps at once, each on its own connection.
     maxConnectionsPerPeer:
       integer(t.max_connections_per_peer, "agent.max_connections_per_peer", 1, 65536) ??
-        DEFAULT_MAX_CONNECTIONS_PER_PEER,
+        Math.max(
+          DEFAULT_MAX_CONNECTIONS_PER_PEER,
+          2 *
+            (integer(t.max_concurrent, "agent.max_concurrent", 1, 4096) ?? DEFAULT_MAX_CONCURRENT),
+        ),
     headerTimeoutMs: seconds(t.header_timeout, "agent.header_timeout", 1, 3600) ??
       DEFAULT_HEADER_TIMEOUT_S * 1000,
     requestTimeoutMs: seconds(t.request_timeout, "agent.request_timeout", 1, 86_400) ??

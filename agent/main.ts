@@ -116,11 +116,11 @@ async function main(args: string[]): Promise<number> {
   const bound = server.url.includes(server.addr.hostname) ? "" : `, socket ${socket}`;
   const sync = server.agent.syncConfinement;
   if (sync !== null) console.log(`ops-agent: sync: ${sync}`);
-  console.log(`ops-agent: steps: ${server.agent.stepIsolation}`);
-  console.log(`ops-agent: audit copy: ${server.agent.auditCopy}`);
   console.log(
     `ops-agent ${AGENT_VERSION} listening on ${server.url} (identity: ${identity}${bound})`,
   );
+  console.log(`ops-agent: steps: ${server.agent.stepIsolation}`);
+  console.log(`ops-agent: audit copy: ${server.agent.auditCopy}`);
   await server.finished;
   for (const [signal, listener] of listeners) Deno.removeSignalListener(signal, listener);
   console.log("ops-agent: stopped");
