@@ -34,7 +34,7 @@ fail() { printf "ops-agent: step isolation: %s\n" "$1" >&2; exit 125; }
 mount -t proc -o nosuid,nodev,noexec proc /proc 2>/dev/null ||
   mount -t proc -o nosuid,nodev,noexec,subset=pid proc /proc 2>/dev/null ||
   fail "cannot mount a /proc of its own"
-if [ -n "$hide" ]; then
+if [ -n "$hide" ] && [ -d "$hide" ]; then
   mount -t tmpfs -o ro,nosuid,nodev,noexec,mode=0,size=4k ops-agent-hidden "$hide" 2>/dev/null ||
     fail "cannot cover $hide"
 fi

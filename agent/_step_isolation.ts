@@ -46,6 +46,8 @@ export function isolatedArgv(argv: readonly string[], isolation: StepIsolation):
  */
 export async function setUpStepIsolation(auditLog: string): Promise<StepIsolation> {
   const hide = dirname(auditLog);
+  // The directory the audit log will be in (AuditLog.open makes it too).
+  await Deno.mkdir(hide, { recursive: true, mode: 0o750 });
   const uid = await ownUid();
   const mode = await chooseNamespaceMode(
     "agent.step_isolation",
