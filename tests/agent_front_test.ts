@@ -7,7 +7,7 @@
 // Also item 7: unknown peers cannot grow the audit log without limit.
 
 import net from "node:net";
-import { assert, assertEquals, assertLess, assertStringIncludes } from "@deps/assert";
+import { assert, assertEquals, assertLess } from "@deps/assert";
 import { CapabilitySet, CollectingSink, Step } from "../mod.ts";
 import { AgentRpc } from "../transports/rpc.ts";
 import { type AgentProcess, startAgentProcess } from "./_agent_process.ts";
