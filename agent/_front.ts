@@ -376,6 +376,9 @@ export class Front {
         });
         return;
       }
+      // Each write of the relay goes out as it is (no Nagle delay on top of the app's own).
+      conn.setNoDelay(true);
+      upstream.setNoDelay(true);
       await this.#relay(new Relay(peer, conn, upstream));
     } finally {
       if (counted) this.#release(ip);
