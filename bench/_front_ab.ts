@@ -32,15 +32,23 @@ const s = await alternate({
 }, { runs, warmup: 20 });
 for (const [k, v] of Object.entries(s)) console.log("per-step", k, median(v).toFixed(3), "ms");
 const bytes = Number(Deno.args[1] ?? 256 * 2 ** 20);
-const flood = Step.shell("bench.lines", `yes xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx0 | head -c ${bytes}`);
+const flood = Step.shell(
+  "bench.lines",
+  `yes xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx0 | head -c ${bytes}`,
+);
 const rate: Record<string, number[]> = { local: [], before: [], after: [] };
 for (let rep = 0; rep < Number(Deno.args[2] ?? 3); rep++) {
   for (const [k, ex] of [["local", local], ["before", o], ["after", n]] as const) {
     let count = 0;
     const t = performance.now();
-    await ex.runStreaming(flood, { write() { count++; } });
+    await ex.runStreaming(flood, {
+      write() {
+        count++;
+      },
+    });
     rate[k].push(bytes / 1e6 / ((performance.now() - t) / 1000));
   }
 }
 for (const [k, v] of Object.entries(rate)) console.log("stdout", k, median(v).toFixed(0), "MB/s");
-await o.close(); await n.close();
+await o.close();
+await n.close();
