@@ -10,6 +10,7 @@
 // peer from the relay's own source port, which only the front knows: never
 // from anything a client sends.
 
+import { NDJSON_TYPE } from "../transports/_agent_protocol.ts";
 import { formatHostPort, type ListenAddress, unmapAddress } from "./_net.ts";
 import { IdentityUnavailable, UnknownPeer } from "./_identity.ts";
 
@@ -269,9 +270,11 @@ export class Front {
       relay.upgraded = true;
       return response;
     }
-    if (response.body === null) {
+    // Only a stream of events (a run) is read as it comes; any other answer
+    // is whole: it goes out with its Content-Length, and its request has ended.
+    if (response.body === null || !response.headers.get("content-type")?.startsWith(NDJSON_TYPE)) {
       relay.ended();
-      return response;
+      return response.body === null ? response : new Response(await response.bytes(), response);
     }
     return new Response(tracked(response.body, () => relay.ended()), response);
   };
@@ -410,7 +413,12 @@ export class Front {
     this.#relays.set(port, relay);
     this.#perPeer.set(relay.ip, (this.#perPeer.get(relay.ip) ?? 0) + 1);
     const pumps = Promise.all([
-      pump(relay.client, relay.upstream, () => relay.received()),
+      // The client gone (or done sending with nothing in flight: a closed
+      // WebSocket, a keep-alive it gave up) ends the relay; one that only
+      // half-closes after its request still gets its answer.
+      pump(relay.client, relay.upstream, () => relay.received()).then((ended) => {
+        if (ended === "broken" || relay.upgraded || relay.inFlight === 0) relay.close();
+      }),
       // Once the app has answered and closed its side, the relay is done.
       pump(relay.upstream, relay.client, () => {}).then(() => relay.close()),
     ]);
@@ -463,8 +471,15 @@ export class Front {
   }
 }
 
-/** Copies `from` to `to` until `from` ends, then half-closes `to`. */
-async function pump(from: Deno.Conn, to: Deno.Conn, onData: () => void): Promise<void> {
+/**
+ * Copies `from` to `to` until `from` ends (then half-closes `to`: "ended") or
+ * either side breaks ("broken": the caller closes both).
+ */
+async function pump(
+  from: Deno.Conn,
+  to: Deno.Conn,
+  onData: () => void,
+): Promise<"ended" | "broken"> {
   const buffer = new Uint8Array(RELAY_BYTES);
   try {
     for (;;) {
@@ -475,9 +490,10 @@ async function pump(from: Deno.Conn, to: Deno.Conn, onData: () => void): Promise
       while (offset < n) offset += await to.write(buffer.subarray(offset, n));
     }
     await to.closeWrite().catch(() => {});
+    return "ended";
   } catch {
-    // Either side gone: the caller closes both.
     closeQuietly(from);
+    return "broken";
   }
 }
 
