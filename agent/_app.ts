@@ -8,7 +8,7 @@ import { StepError } from "../executor/errors.ts";
 import { baseEnvironment, homeDirectory } from "../executor/_env.ts";
 import { execViaShell } from "../executor/_exec_via_shell.ts";
 import { observeLocalHost } from "../executor/_observe.ts";
-import { type ProcessResult, runProcess } from "../executor/_spawn.ts";
+import { type ProcessResult, runProcess, signalGroup } from "../executor/_spawn.ts";
 import type { HostObservation } from "../executor/types.ts";
 import { Step } from "../step/step.ts";
 import {
@@ -25,6 +25,11 @@ import {
 } from "../transports/_agent_protocol.ts";
 import type { AgentConfig } from "./config.ts";
 import { AuditLog, type AuditRecord, stepDigest } from "./_audit.ts";
+import type { Refusal } from "./_front.ts";
+import { chooseNamespaceMode } from "./_namespaces.ts";
+import { RefusalAudit } from "./_refusals.ts";
+import { isolatedArgv, setUpStepIsolation, type StepIsolation } from "./_step_isolation.ts";
+import { probeSystemLog, SystemLog } from "./_system_log.ts";
 import { denialReason, type Entitlement, entitlement } from "./_grants.ts";
 import {
   createIdentityProvider,
@@ -111,23 +116,32 @@ export class AgentCore {
   readonly #syncRoots: SyncRoots;
   /** The rsync `/v1/sync` runs (`agent.rsync`), as its `--version` told at start; `null` if none runs. */
   readonly rsync: RsyncFlavour | null;
+  /** How steps are isolated (`null`: `step_isolation = "none"`). */
+  readonly isolation: StepIsolation | null;
+  /** Where the audit lines are copied, in words (the start-up line says it). */
+  readonly auditCopy: string;
+  readonly #refusals: RefusalAudit;
   readonly #runs = new Set<HeldSlot>();
   #stopping: string | null = null;
 
   private constructor(
     config: AgentConfig,
-    audit: AuditLog,
+    audit: { log: AuditLog; copy: string },
     provider: IdentityProvider,
     sync: { setup: SyncSetup | null; roots: SyncRoots },
     rsync: RsyncFlavour | null,
+    isolation: StepIsolation | null,
   ) {
     this.config = config;
-    this.audit = audit;
+    this.audit = audit.log;
+    this.auditCopy = audit.copy;
+    this.#refusals = new RefusalAudit(audit.log);
     this.provider = provider;
     this.version = AGENT_VERSION;
     this.sync = sync.setup;
     this.#syncRoots = sync.roots;
     this.rsync = rsync;
+    this.isolation = isolation;
     this.app = this.#routes();
   }
 
@@ -142,18 +156,49 @@ export class AgentCore {
    * sync roots and, when the ceiling grants any sync, finds out how
    * transfers will be confined.
    *
-   * @throws {ConfigError} `agent.sync_confinement` when it says "namespace"
-   *   and this host cannot make one.
+   * @throws {ConfigError} `agent.sync_confinement` or `agent.step_isolation`
+   *   when it says "namespace" and this host cannot make them;
+   *   `agent.audit_syslog` when it is true and the system log cannot be reached.
    */
   static async create(config: AgentConfig): Promise<AgentCore> {
     const rsync = await agentRsync(config.agent.rsync);
-    const [setup, roots] = await Promise.all([
+    const [setup, roots, isolation, systemLog] = await Promise.all([
       syncSetup(config, rsync),
       SyncRoots.resolve([config.ceiling, ...config.grants.map((grant) => grant.allow)]),
+      config.agent.stepIsolation === "none"
+        ? Promise.resolve(null)
+        : setUpStepIsolation(config.agent.auditLog),
+      openSystemLog(config),
     ]);
-    const audit = await AuditLog.open(config.agent.auditLog);
+    const log = await AuditLog.open(config.agent.auditLog, { systemLog: systemLog.log });
     const provider = createIdentityProvider(config.identity);
-    return new AgentCore(config, audit, provider, { setup, roots }, rsync);
+    return new AgentCore(
+      config,
+      { log, copy: systemLog.copy },
+      provider,
+      { setup, roots },
+      rsync,
+      isolation,
+    );
+  }
+
+  /**
+   * Audits a connection the front closed before it reached the app, at a
+   * bounded rate (see `_refusals.ts`).
+   */
+  refused(refusal: Refusal): void {
+    this.#refusals.record(refusal);
+  }
+
+  /** How steps are kept apart here, in words. */
+  get stepIsolation(): string {
+    const isolation = this.isolation;
+    if (isolation === null) {
+      return 'not isolated (step_isolation = "none"): each is a process of the agent\'s account among the others';
+    }
+    return `each in PID and mount namespaces of its own with a private /proc${
+      isolation.mode.userNamespace ? ", inside a user namespace (the agent is not root)" : ""
+    }; ${isolation.hide} covered`;
   }
 
   /** How transfers are confined here, in words; `null` when the ceiling grants no sync. */
@@ -180,6 +225,7 @@ export class AgentCore {
 
   /** Closes the audit log and the provider. Call after {@linkcode AgentCore.stopRuns}. */
   async close(): Promise<void> {
+    this.#refusals.close();
     await this.audit.close();
     this.provider.close();
   }
@@ -361,11 +407,44 @@ export class AgentCore {
     if (ctx instanceof Response) return ctx;
     const denied = await this.deny(ctx, "observe");
     if (denied) return denied;
+    // df may hang (a dead NFS mount): it takes a slot like a step, and has a deadline.
+    const slot = await this.admit(ctx, "observe");
+    if (slot instanceof Response) return slot;
     const roots = ctx.grant.effective.syncRoots();
-    const [facts, self] = await Promise.all([
-      observeLocalHost(Deno.hostname(), roots.length > 0 ? roots : ["/"]),
+    const abort = new AbortController();
+    slot.onStop = () => abort.abort();
+    const work = Promise.all([
+      observeLocalHost(Deno.hostname(), roots.length > 0 ? roots : ["/"], {
+        signal: abort.signal,
+      }),
       this.provider.self(this.config.agent.listen.hostname),
     ]);
+    // The slot is held until df has really ended (one stuck in a dead mount
+    // may outlive its SIGTERM): stuck dfs fill slots, never the process table.
+    void work.catch(() => {}).finally(() => slot.release());
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = new Promise<null>((resolve) => {
+      timer = setTimeout(() => {
+        abort.abort();
+        resolve(null);
+      }, OBSERVE_TIMEOUT_MS);
+    });
+    const done = await Promise.race([
+      work.catch((error) => {
+        if (abort.signal.aborted) return null;
+        throw error;
+      }),
+      timedOut,
+    ]).finally(() => clearTimeout(timer));
+    if (done === null) {
+      const reason = `df did not answer within ${OBSERVE_TIMEOUT_MS / 1000} s`;
+      await this.auditLine(ctx, { action: "observe", decision: "denied", status: 504, reason });
+      return errorResponse(504, {
+        code: "observe_timeout",
+        message: `the agent could not observe this host: ${reason}`,
+      });
+    }
+    const [facts, self] = done;
     const observation: HostObservation = {
       ...facts,
       agent: { version: this.version, ...(self ? { tailnetSelf: self } : {}) },
@@ -436,17 +515,17 @@ export class AgentCore {
     const dryRun = isDryRun(request.argv);
     const argv = syncCommand({ action, root, target, dryRun }, request.argv, setup);
     const confinement = root === "/" ? "none" : setup.confinement;
+    const about = { action, path, resolvedPath: resolved, root, confinement };
+    // The transfer is on record before rsync starts.
+    await this.auditLine(ctx, { ...about, decision: "allowed", status: 101, event: "start" });
     void runSyncTunnel(socket, argv, { signal: abort.signal })
       .then(async (ended) => {
         const result = ended.result;
         await this.auditLine(ctx, {
-          action,
-          path,
-          resolvedPath: resolved,
-          root,
-          confinement,
+          ...about,
           decision: "allowed",
           status: 101,
+          event: "end",
           exitCode: result?.exitCode ?? null,
           signal: result?.signal ?? null,
           cancelled: result?.cancelled ?? false,
@@ -471,7 +550,24 @@ export class AgentCore {
   async #run(c: Context<AgentEnv>): Promise<Response> {
     const ctx = await this.identify(c);
     if (ctx instanceof Response) return ctx;
-    const body = await readLimited(c.req.raw, this.config.agent.maxRequestBytes);
+    const body = await readLimited(
+      c.req.raw,
+      this.config.agent.maxRequestBytes,
+      this.config.agent.requestTimeoutMs,
+    );
+    if (body === "timeout") {
+      const limit = this.config.agent.requestTimeoutMs / 1000;
+      await this.auditLine(ctx, {
+        decision: "denied",
+        reason: `the request body did not arrive within ${limit} s`,
+        status: 408,
+      });
+      return errorResponse(408, {
+        code: "request_timeout",
+        message:
+          `the request did not arrive within this agent's limit of ${limit} s (agent.request_timeout)`,
+      }, { connection: "close" });
+    }
     if (body === null) {
       const limit = this.config.agent.maxRequestBytes;
       await this.auditLine(ctx, {
@@ -544,38 +640,57 @@ export class AgentCore {
       if (!out.full && performance.now() - out.lastSent >= every) out.send({ type: "ping" });
     }, every / 2);
 
+    // The agent's ceiling on the caller's timing: no step holds a stop (or a
+    // shutdown) past max_kill_grace.
+    const killGraceMs = Math.min(step.killGraceMs, this.config.agent.maxKillGraceMs);
+    let group: number | undefined;
+    let shutdownKill: ReturnType<typeof setTimeout> | undefined;
     slot.onStop = (reason) => {
       // Shutting down: never wait on a stalled reader, drop instead.
       batcher.nonBlocking = true;
       out.releaseWriters();
       stop(reason);
+      // ...and no step keeps the agent past shutdown_grace, whatever its own grace.
+      shutdownKill = setTimeout(() => {
+        if (group !== undefined) void signalGroup(group, "SIGKILL");
+      }, Math.min(killGraceMs, this.config.agent.shutdownGraceMs));
+    };
+    const isolation = this.isolation;
+    const started = {
+      id,
+      ...about,
+      action: step.action,
+      decision: "allowed" as const,
+      status: 200,
+      isolation: isolation === null ? "none" as const : "namespace" as const,
+      ...(killGraceMs < step.killGraceMs ? { killGraceMs } : {}),
     };
     void (async () => {
       try {
+        // The run is on record before the step starts: a step that kills the
+        // agent or rewrites the file cannot take that back.
+        await this.auditLine(ctx, { ...started, event: "start" });
         let result: ProcessResult | undefined;
         let failure: unknown;
         try {
+          const argv = agentArgv(step);
           result = await runProcess({
-            argv: agentArgv(step),
+            argv: isolation === null ? argv : isolatedArgv(argv, isolation),
             env: { ...baseEnvironment(), ...step.env },
             cwd: step.cwd ?? homeDirectory(),
             stdin: step.stdin,
             timeoutMs: step.timeoutMs,
-            killGraceMs: step.killGraceMs,
+            killGraceMs,
             signal: abort.signal,
+            onSpawn: (child) => void (group = child.pid),
           }, batcher);
         } catch (error) {
           failure = error;
         }
+        clearTimeout(shutdownKill);
         clearInterval(heartbeat);
         batcher.flush();
-        const record: Parameters<AgentCore["auditLine"]>[1] = {
-          id,
-          ...about,
-          action: step.action,
-          decision: "allowed",
-          status: 200,
-        };
+        const record: Parameters<AgentCore["auditLine"]>[1] = { ...started, event: "end" };
         if (result) {
           Object.assign(record, {
             exitCode: result.exitCode,
@@ -642,16 +757,37 @@ async function syncSetup(
   const rsync = await probeRsync(program, flavour);
   const setup = { confinement, userNamespace: false, program, rsync, idleTimeoutS };
   if (confinement === "none") return setup;
-  const asRoot = await probeConfinement(setup);
-  if (asRoot === null) return setup;
-  const asUser = await probeConfinement({ ...setup, userNamespace: true });
-  if (asUser === null) return { ...setup, userNamespace: true };
-  throw new ConfigError(
+  const mode = await chooseNamespaceMode(
     "agent.sync_confinement",
-    `"namespace": this host cannot give a transfer a mount namespace of its own (as root: ${asRoot}; in a user namespace: ${asUser}). ` +
-      `Run the agent as root, or allow unprivileged user namespaces (kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, no AppArmor/seccomp rule against them), ` +
-      `or set sync_confinement = "none" and read what that gives in docs/protocol.md`,
+    "a transfer",
+    (mode) => probeConfinement({ ...setup, ...mode }),
   );
+  return { ...setup, ...mode };
+}
+
+/** How long `/v1/observe` waits for df. */
+const OBSERVE_TIMEOUT_MS = 10_000;
+
+/** The system log copy `config` asks for, and where the lines go, in words. */
+async function openSystemLog(
+  config: AgentConfig,
+): Promise<{ log: SystemLog | undefined; copy: string }> {
+  const { auditSyslog, auditSyslogSocket: socket } = config.agent;
+  if (auditSyslog === false) return { log: undefined, copy: "none (audit_syslog = false)" };
+  const problem = await probeSystemLog({ socket });
+  const where = Deno.build.os === "darwin"
+    ? "the unified log"
+    : `the system log (${socket ?? "/dev/log"})`;
+  if (problem === null) {
+    return { log: new SystemLog({ socket }), copy: `${where}, tag ops-agent, authpriv.notice` };
+  }
+  if (auditSyslog === true) {
+    throw new ConfigError(
+      "agent.audit_syslog",
+      `true, but the agent cannot write to ${where}: ${problem}. Start journald or a syslog daemon, set audit_syslog_socket, or set audit_syslog = false`,
+    );
+  }
+  return { log: undefined, copy: `none: ${where} is not there (${problem})` };
 }
 
 /** A JSON error answer in the shape of {@linkcode ErrorBody}. */
@@ -666,23 +802,43 @@ export function errorResponse(
   });
 }
 
-/** The request body, or `null` when it is larger than `limit` bytes. */
-async function readLimited(request: Request, limit: number): Promise<Uint8Array | null> {
+/**
+ * The request body; `null` when it is larger than `limit` bytes, `"timeout"`
+ * when it has not all arrived within `timeoutMs` (a body dribbled in).
+ */
+async function readLimited(
+  request: Request,
+  limit: number,
+  timeoutMs: number,
+): Promise<Uint8Array | null | "timeout"> {
   const declared = request.headers.get("content-length");
   if (declared !== null && Number(declared) > limit) return null;
   if (!request.body) return new Uint8Array();
   const chunks: Uint8Array[] = [];
   let total = 0;
   const reader = request.body.getReader();
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > limit) {
-      await reader.cancel().catch(() => {});
-      return null;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<"timeout">((resolve) => {
+    timer = setTimeout(() => resolve("timeout"), timeoutMs);
+  });
+  try {
+    for (;;) {
+      const next = await Promise.race([reader.read(), deadline]);
+      if (next === "timeout") {
+        await reader.cancel().catch(() => {});
+        return "timeout";
+      }
+      const { value, done } = next;
+      if (done) break;
+      total += value.byteLength;
+      if (total > limit) {
+        await reader.cancel().catch(() => {});
+        return null;
+      }
+      chunks.push(value);
     }
-    chunks.push(value);
+  } finally {
+    clearTimeout(timer);
   }
   if (chunks.length === 1) return chunks[0];
   const body = new Uint8Array(total);

@@ -7,7 +7,9 @@ import type { CallerIdentity } from "./_whois.ts";
 
 /**
  * Whether `selector` names the caller. `user:` and `group:` match people
- * only: a tagged node never matches them, whatever user it carries.
+ * only: a tagged node never matches them, whatever user it carries. `node:`
+ * matches the node's MagicDNS name or short name, `node-id:` its StableID;
+ * neither ever matches the other.
  */
 export function selectorMatches(selector: string, caller: CallerIdentity): boolean {
   if (selector === "*") return true;
@@ -23,8 +25,12 @@ export function selectorMatches(selector: string, caller: CallerIdentity): boole
     case "tag":
       return caller.tags.includes(selector);
     case "node":
-      return value === caller.nodeName || value === caller.nodeShortName ||
-        value === caller.nodeId;
+      // Names only: a StableID is `node-id:`, so no node can take a name that
+      // reads as another node's ID (Headscale's IDs are small numbers, and its
+      // users choose their hostnames).
+      return value === caller.nodeName || value === caller.nodeShortName;
+    case "node-id":
+      return value === caller.nodeId;
     default:
       return false;
   }

@@ -209,7 +209,18 @@ class LocalApiWhois implements WhoisSource {
         { cause: error },
       );
     }
-    const body = await response.text();
+    let body: string;
+    try {
+      // (The timeout above covers the body too: a tailscaled that stalls mid-answer.)
+      body = await response.text();
+    } catch (error) {
+      throw new IdentityUnavailable(
+        `${this.describe} broke off its answer (${response.status}): ${
+          error instanceof Error ? error.message : error
+        }`,
+        { cause: error },
+      );
+    }
     if (response.status === 404) return null;
     if (!response.ok) {
       throw new IdentityUnavailable(

@@ -3,7 +3,7 @@
 
 /** Where the agent listens. */
 export interface ListenAddress {
-  /** An IP literal (IPv6 without brackets) or `localhost`. */
+  /** An IP literal (IPv6 without brackets). */
   hostname: string;
   /** The port; 0 picks a free one. */
   port: number;
@@ -42,7 +42,6 @@ export function unmapAddress(address: string): string {
 /** Whether an address (mapped or not) is a loopback address. */
 export function isLoopback(address: string): boolean {
   const ip = unmapAddress(address);
-  if (ip === "localhost") return true;
   if (isIPv4(ip)) return ip.startsWith("127.");
   return isIPv6(ip) && new URL(`http://[${ip}]/`).hostname === "[::1]";
 }
@@ -53,8 +52,10 @@ export function formatHostPort(ip: string, port: number): string {
 }
 
 /**
- * Parses `HOST:PORT` (`100.101.102.103:7070`, `[fd7a:115c:a1e0::1]:7070`,
- * `localhost:7070`). Returns a reason string when it does not parse.
+ * Parses `IP:PORT` (`100.101.102.103:7070`, `[fd7a:115c:a1e0::1]:7070`).
+ * Returns a reason string when it does not parse. A name (`localhost`
+ * included, which /etc/hosts may point anywhere) is refused: the agent binds
+ * and trusts addresses, never what a name resolves to.
  */
 export function parseListen(text: string): ListenAddress | string {
   const bracketed = /^\[([^\]]+)\]:(\d+)$/.exec(text);
@@ -66,7 +67,10 @@ export function parseListen(text: string): ListenAddress | string {
   const [, hostname, portText] = match;
   const port = Number(portText);
   if (!Number.isInteger(port) || port > 65535) return `port ${portText} is out of range`;
-  if (bracketed ? !isIPv6(hostname) : !(isIPv4(hostname) || hostname === "localhost")) {
+  if (!bracketed && /^localhost\.?$/i.test(hostname)) {
+    return '"localhost" is a name, not an address, and /etc/hosts may point it anywhere: use 127.0.0.1 or [::1]';
+  }
+  if (bracketed ? !isIPv6(hostname) : !isIPv4(hostname)) {
     return `"${hostname}" is not an IP address (use the tailnet IP, not a host name)`;
   }
   return { hostname, port };

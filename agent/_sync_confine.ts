@@ -11,6 +11,7 @@ import { enclosingRoot, resolvePaths } from "../executor/_resolve.ts";
 import { runProcess } from "../executor/_spawn.ts";
 import type { RsyncFlavour } from "../transports/_agent_protocol.ts";
 import { describeFlavour } from "../transports/_rsync_flavour.ts";
+import { unshareArgv } from "./_namespaces.ts";
 import SYNC_SCRIPT from "./_sync_confine.sh" with { type: "text" };
 
 /**
@@ -181,10 +182,7 @@ export function syncCommand(
   const how = setup.confinement === "none" ? "pin" : setup.userNamespace ? "userview" : "view";
   const dir = plan.action === "sync.pull" ? "pull" : plan.dryRun ? "push-dry" : "push";
   const script = ["/bin/sh", "-c", SYNC_SCRIPT, "sh", how, dir];
-  const namespaces = ["--mount", "--pid", "--fork", "--propagation", "private", "--"];
-  const unshare = setup.userNamespace
-    ? ["unshare", "--user", "--map-root-user", ...namespaces]
-    : ["unshare", ...namespaces];
+  const unshare = unshareArgv(setup, ["--mount", "--pid", "--fork", "--propagation", "private"]);
   return [...(how === "pin" ? [] : unshare), ...script, plan.root, plan.target, ...rsync];
 }
 

@@ -142,6 +142,7 @@ export function loopbackIdentity(selector: string, peer: string): CallerIdentity
   };
   if (kind === "user") identity.login = value;
   if (kind === "node") [identity.nodeName, identity.nodeShortName] = [value, value];
+  if (kind === "node-id") identity.nodeId = value;
   return identity;
 }
 

@@ -1,4 +1,10 @@
-import { assert, assertEquals, assertFalse, assertThrows } from "@deps/assert";
+import {
+  assert,
+  assertEquals,
+  assertFalse,
+  assertStringIncludes,
+  assertThrows,
+} from "@deps/assert";
 import { whoisText } from "../tests/_tailscale_standin.ts";
 import { selectorMatches } from "./_grants.ts";
 import { isLoopback, parseListen, unmapAddress } from "./_net.ts";
@@ -20,7 +26,10 @@ Deno.test("whois: a person's device", () => {
   assert(selectorMatches("group:ops", alice));
   assert(selectorMatches("node:alice-laptop", alice));
   assert(selectorMatches("node:alice-laptop.tail78f774.ts.net", alice));
-  assert(selectorMatches("node:nSwZHPm4c121CNTRL", alice));
+  // Issue 13: a StableID is node-id:, never node:.
+  assert(selectorMatches("node-id:nSwZHPm4c121CNTRL", alice));
+  assertFalse(selectorMatches("node:nSwZHPm4c121CNTRL", alice));
+  assertFalse(selectorMatches("node-id:alice-laptop", alice));
   assert(selectorMatches("*", alice));
   assertFalse(selectorMatches("user:bob@example.com", alice));
   assertFalse(selectorMatches("tag:ops", alice));
@@ -87,6 +96,19 @@ Deno.test("whois: numeric IDs are never used; Headscale shapes; mapped addresses
   assertEquals(twin.nodeId, "nTwin");
   assertFalse(selectorMatches("node:nBento9mac11CNTRL", twin));
   const carol = parseWhois(whoisText("headscale-node"), "x");
+  // Issue 13, acceptance 5: Headscale's StableID "7" and a node a user named "7" never meet.
+  assert(selectorMatches("node-id:7", carol));
+  assertFalse(selectorMatches("node:7", carol));
+  const named7 = parseWhois(
+    whoisText("headscale-node", {
+      name: "7.ops.internal.",
+      computedName: "7",
+      stableId: "12",
+      addresses: ["100.64.0.12/32"],
+    }),
+    "y",
+  );
+  assertFalse(selectorMatches("node-id:7", named7), "a node named 7 is not the node with ID 7");
   assertEquals([carol.login, carol.nodeId, carol.nodeName], [
     "carol",
     "7",
@@ -119,16 +141,21 @@ Deno.test("addresses: unmapping, loopback, listen values", () => {
       "::1",
       "0:0:0:0:0:0:0:1",
       "::ffff:127.0.0.2",
-      "localhost",
     ]
   ) {
     assert(isLoopback(yes), yes);
   }
-  for (const no of ["100.64.0.1", "0.0.0.0", "::", "::ffff:100.64.0.1", "128.0.0.1"]) {
+  for (
+    const no of ["100.64.0.1", "0.0.0.0", "::", "::ffff:100.64.0.1", "128.0.0.1", "localhost"]
+  ) {
     assertFalse(isLoopback(no), no);
   }
   assertEquals(parseListen("[::ffff:127.0.0.1]:0"), { hostname: "::ffff:127.0.0.1", port: 0 });
   assertEquals(typeof parseListen("example.com:80"), "string");
+  // Issue 13: a name is not an address, "localhost" included (it may not be loopback).
+  for (const name of ["localhost:7070", "LOCALHOST:7070", "localhost.:7070"]) {
+    assertStringIncludes(String(parseListen(name)), "127.0.0.1", name);
+  }
   assertEquals(typeof parseListen("1.2.3.4"), "string");
   assertEquals(typeof parseListen("[1.2.3.4]:1"), "string");
   assertEquals(typeof parseListen("256.1.1.1:1"), "string");

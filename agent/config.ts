@@ -48,6 +48,52 @@ export interface AgentSection {
    * in `/v1/health`).
    */
   readonly rsync: string;
+  /**
+   * The longest grace between SIGTERM and SIGKILL any step gets, whatever its
+   * `killGraceMs` asks (`max_kill_grace`, seconds, default 30).
+   */
+  readonly maxKillGraceMs: number;
+  /**
+   * When the agent shuts down, the grace every running step gets at most
+   * before SIGKILL (`shutdown_grace`, seconds, default 10): with the flush of
+   * the last events, a shutdown ends within this plus 5 s, inside a service
+   * manager's stop timeout (systemd's and launchd's 30 s).
+   */
+  readonly shutdownGraceMs: number;
+  /**
+   * How steps are kept apart (`step_isolation`): `"namespace"` (Linux: each
+   * step in PID and mount namespaces of its own with a private /proc, so it
+   * cannot see, signal or read another caller's step, the agent, or the
+   * audit log's directory; the agent refuses to start when it cannot make
+   * them) or `"none"` (the default, and the only choice on macOS: every step
+   * a process of the agent's account among the others). See docs/agent.md.
+   */
+  readonly stepIsolation: "namespace" | "none";
+  /**
+   * Copy every audit line to the system log (`audit_syslog`): `true` (journald
+   * or syslog on Linux, the unified log on macOS, through `logger`; the
+   * agent refuses to start when it cannot), `false`, or unset: copy when the
+   * system log is there, else say so at start.
+   */
+  readonly auditSyslog: boolean | "auto";
+  /** The syslog socket `logger` writes to on Linux (`audit_syslog_socket`), if not the default `/dev/log`. */
+  readonly auditSyslogSocket?: string;
+  /** Connections open at once before new ones are refused (`max_connections`, default 512). */
+  readonly maxConnections: number;
+  /**
+   * Connections one peer address may hold open (`max_connections_per_peer`,
+   * default 64, or twice `max_concurrent` when that is more).
+   */
+  readonly maxConnectionsPerPeer: number;
+  /**
+   * How long a request's head may take to arrive, from the connection's first
+   * byte or the first byte after a response (`header_timeout`, seconds, default 10).
+   */
+  readonly headerTimeoutMs: number;
+  /** How long a whole request (head and body) may take to arrive (`request_timeout`, seconds, default 60). */
+  readonly requestTimeoutMs: number;
+  /** How long a connection may sit idle between requests (`idle_timeout`, seconds, default 30). */
+  readonly idleTimeoutMs: number;
 }
 
 /** `[identity]` with `provider = "tailscale"`. */
@@ -75,7 +121,7 @@ export type IdentityConfig = TailscaleIdentityConfig | LoopbackIdentityConfig;
 
 /** One `[[grant]]` table: selectors and what they are granted. */
 export interface GrantRule {
-  /** `user:LOGIN`, `group:NAME`, `tag:NAME`, `node:NAME` or `*`. */
+  /** `user:LOGIN`, `group:NAME`, `tag:NAME`, `node:NAME`, `node-id:ID` or `*`. */
   readonly to: readonly string[];
   /** What the selected callers may do (before the ceiling). */
   readonly allow: CapabilitySet;
@@ -101,10 +147,32 @@ export const DEFAULT_RSYNC = "rsync";
 export const DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024;
 /** The default `sync_idle_timeout`, in seconds. */
 export const DEFAULT_SYNC_IDLE_TIMEOUT_S = 300;
+/** The default `max_kill_grace`, in seconds. */
+export const DEFAULT_MAX_KILL_GRACE_S = 30;
+/** The default `shutdown_grace`, in seconds. */
+export const DEFAULT_SHUTDOWN_GRACE_S = 10;
+/** The default `max_connections`. */
+export const DEFAULT_MAX_CONNECTIONS = 512;
+/** The default `max_connections_per_peer`. */
+export const DEFAULT_MAX_CONNECTIONS_PER_PEER = 64;
+/** The default `header_timeout`, in seconds. */
+export const DEFAULT_HEADER_TIMEOUT_S = 10;
+/** The default `request_timeout`, in seconds. */
+export const DEFAULT_REQUEST_TIMEOUT_S = 60;
+/** The default `idle_timeout`, in seconds. */
+export const DEFAULT_IDLE_TIMEOUT_S = 30;
 /** tailscaled's socket on Linux. */
 export const LINUX_TAILSCALED_SOCKET = "/var/run/tailscale/tailscaled.sock";
 
-const SELECTOR = /^(?:(user|group|tag|node):(\S+)|\*)$/;
+const SELECTOR = /^(?:(user|group|tag|node|node-id):(\S+)|\*)$/;
+
+/**
+ * A `node:` value that reads as a StableID: a Tailscale one (`n…CNTRL`) or a
+ * Headscale one (a number). `node:` once matched StableIDs too; now it names
+ * nodes only, and such a value is refused rather than silently meaning a
+ * name that a Headscale user may choose.
+ */
+const LOOKS_LIKE_STABLE_ID = /^(?:\d+|n[0-9A-Za-z]+CNTRL)$/;
 
 /**
  * Parses and validates the text of a config.toml.
@@ -189,6 +257,16 @@ export function configFromObject(value: unknown): AgentConfig {
     "sync_idle_timeout",
     "sync_confinement",
     "rsync",
+    "max_kill_grace",
+    "shutdown_grace",
+    "step_isolation",
+    "audit_syslog",
+    "audit_syslog_socket",
+    "max_connections",
+    "max_connections_per_peer",
+    "header_timeout",
+    "request_timeout",
+    "idle_timeout",
   ]));
   const identity = readIdentity(table(required(root, "identity", ""), "identity", [
     "provider",
@@ -225,13 +303,67 @@ function readAgent(t: Record<string, unknown>): AgentSection {
       DEFAULT_MAX_REQUEST_BYTES,
     syncIdleTimeoutS: integer(t.sync_idle_timeout, "agent.sync_idle_timeout", 1, 86_400) ??
       DEFAULT_SYNC_IDLE_TIMEOUT_S,
-    syncConfinement: readConfinement(t.sync_confinement),
+    syncConfinement: readNamespaceChoice(t.sync_confinement, "agent.sync_confinement"),
     rsync: t.rsync === undefined ? DEFAULT_RSYNC : absolutePath(t.rsync, "agent.rsync"),
+    maxKillGraceMs: seconds(t.max_kill_grace, "agent.max_kill_grace", 0, 3600) ??
+      DEFAULT_MAX_KILL_GRACE_S * 1000,
+    shutdownGraceMs: seconds(t.shutdown_grace, "agent.shutdown_grace", 0, 600) ??
+      DEFAULT_SHUTDOWN_GRACE_S * 1000,
+    // Off unless asked for: it costs several milliseconds a step and changes
+    // what a step sees (its own pids only; no setuid programs as an
+    // unprivileged agent). See docs/agent.md, "Steps apart".
+    stepIsolation: t.step_isolation === undefined
+      ? "none"
+      : readNamespaceChoice(t.step_isolation, "agent.step_isolation"),
+    ...readSyslog(t),
+    maxConnections: integer(t.max_connections, "agent.max_connections", 8, 65536) ??
+      DEFAULT_MAX_CONNECTIONS,
+    // A caller may run max_concurrent steps at once, each on its own connection.
+    maxConnectionsPerPeer:
+      integer(t.max_connections_per_peer, "agent.max_connections_per_peer", 1, 65536) ??
+        Math.max(
+          DEFAULT_MAX_CONNECTIONS_PER_PEER,
+          2 *
+            (integer(t.max_concurrent, "agent.max_concurrent", 1, 4096) ?? DEFAULT_MAX_CONCURRENT),
+        ),
+    headerTimeoutMs: seconds(t.header_timeout, "agent.header_timeout", 1, 3600) ??
+      DEFAULT_HEADER_TIMEOUT_S * 1000,
+    requestTimeoutMs: seconds(t.request_timeout, "agent.request_timeout", 1, 86_400) ??
+      DEFAULT_REQUEST_TIMEOUT_S * 1000,
+    idleTimeoutMs: seconds(t.idle_timeout, "agent.idle_timeout", 1, 86_400) ??
+      DEFAULT_IDLE_TIMEOUT_S * 1000,
   });
 }
 
-function readConfinement(value: unknown): "namespace" | "none" {
-  const key = "agent.sync_confinement";
+/** A number of seconds from `min` to `max`, in milliseconds; `undefined` when absent. */
+function seconds(value: unknown, key: string, min: number, max: number): number | undefined {
+  const s = integer(value, key, min, max);
+  return s === undefined ? undefined : s * 1000;
+}
+
+function readSyslog(
+  t: Record<string, unknown>,
+): { auditSyslog: boolean | "auto"; auditSyslogSocket?: string } {
+  const value = t.audit_syslog;
+  if (value !== undefined && typeof value !== "boolean") {
+    throw new ConfigError("agent.audit_syslog", `must be true or false, got ${describe(value)}`);
+  }
+  const auditSyslog = value ?? "auto";
+  if (t.audit_syslog_socket === undefined) return { auditSyslog };
+  const socket = absolutePath(t.audit_syslog_socket, "agent.audit_syslog_socket");
+  if (Deno.build.os !== "linux") {
+    throw new ConfigError(
+      "agent.audit_syslog_socket",
+      `only applies on Linux: on ${Deno.build.os} the copy goes to the system's own log through logger`,
+    );
+  }
+  if (auditSyslog === false) {
+    throw new ConfigError("agent.audit_syslog_socket", "only applies with audit_syslog = true");
+  }
+  return { auditSyslog, auditSyslogSocket: socket };
+}
+
+function readNamespaceChoice(value: unknown, key: string): "namespace" | "none" {
   const linux = Deno.build.os === "linux";
   if (value === undefined) return linux ? "namespace" : "none";
   const text = string(value, key);
@@ -241,7 +373,7 @@ function readConfinement(value: unknown): "namespace" | "none" {
   if (text === "namespace" && !linux) {
     throw new ConfigError(
       key,
-      `"namespace" needs Linux's mount namespaces; on ${Deno.build.os} use "none" (see docs/protocol.md for what it gives)`,
+      `"namespace" needs Linux's namespaces; on ${Deno.build.os} use "none" (see docs/agent.md for what it gives)`,
     );
   }
   return text;
@@ -263,9 +395,10 @@ function readIdentity(t: Record<string, unknown>): IdentityConfig {
     if (!match || identity === "*" || match[1] === "group") {
       throw new ConfigError(
         "identity.loopback_identity",
-        `"${printable(identity)}" must be "user:LOGIN", "tag:NAME" or "node:NAME"`,
+        `"${printable(identity)}" must be "user:LOGIN", "tag:NAME", "node:NAME" or "node-id:ID"`,
       );
     }
+    checkNodeName(identity, "identity.loopback_identity");
     return Object.freeze({ provider, identity });
   }
   if (provider !== "tailscale") {
@@ -294,6 +427,21 @@ function readIdentity(t: Record<string, unknown>): IdentityConfig {
   return Object.freeze(config);
 }
 
+/** Refuses a `node:` selector whose value reads as a StableID (see LOOKS_LIKE_STABLE_ID). */
+function checkNodeName(selector: string, key: string): void {
+  if (!selector.startsWith("node:")) return;
+  const value = selector.slice("node:".length);
+  if (!LOOKS_LIKE_STABLE_ID.test(value)) return;
+  throw new ConfigError(
+    key,
+    `"${printable(selector)}" is ambiguous: "node:" selects a node by its name only, and "${
+      printable(value)
+    }" reads as a StableID. Write "node-id:${
+      printable(value)
+    }" for the node with that StableID, or the node's full MagicDNS name for a node named so`,
+  );
+}
+
 function readGrants(value: unknown): GrantRule[] {
   if (value === undefined) return [];
   if (!Array.isArray(value)) {
@@ -315,9 +463,10 @@ function readGrants(value: unknown): GrantRule[] {
           `${key}.to[${j}]`,
           `${
             typeof selector === "string" ? `"${printable(selector)}"` : describe(selector)
-          } is not a selector: use "user:LOGIN", "group:NAME", "tag:NAME", "node:NAME" or "*"`,
+          } is not a selector: use "user:LOGIN", "group:NAME", "tag:NAME", "node:NAME", "node-id:ID" or "*"`,
         );
       }
+      checkNodeName(selector, `${key}.to[${j}]`);
     });
     const allow = CapabilitySet.fromJSON(required(t, "allow", key), `${key}.allow`);
     return Object.freeze({ to: Object.freeze([...to as string[]]), allow });

@@ -198,3 +198,52 @@ Deno.test("config: agent.rsync names the rsync /v1/sync runs: an absolute path, 
     assertEquals(keyOf(() => configFromObject(config)), "agent.rsync");
   }
 });
+
+Deno.test("config: issue 13's keys, their defaults and bad values", () => {
+  const withAgent = (extra: Record<string, unknown>) => {
+    const doc = minimal();
+    return { ...doc, agent: { ...doc.agent, ...extra } };
+  };
+  const agent = configFromObject(minimal()).agent;
+  assertEquals(
+    [agent.maxKillGraceMs, agent.shutdownGraceMs, agent.stepIsolation, agent.auditSyslog],
+    [30_000, 10_000, "none", "auto"],
+  );
+  assertEquals([agent.maxConnections, agent.maxConnectionsPerPeer], [512, 64]);
+  assertEquals([agent.headerTimeoutMs, agent.requestTimeoutMs, agent.idleTimeoutMs], [
+    10_000,
+    60_000,
+    30_000,
+  ]);
+  // A caller may hold a connection per running step.
+  assertEquals(
+    configFromObject(withAgent({ max_concurrent: 100 })).agent.maxConnectionsPerPeer,
+    200,
+  );
+  assertEquals(configFromObject(withAgent({ max_kill_grace: 2 })).agent.maxKillGraceMs, 2000);
+  for (
+    const [extra, key] of [
+      [{ max_kill_grace: -1 }, "agent.max_kill_grace"],
+      [{ max_kill_grace: 2 ** 31 }, "agent.max_kill_grace"],
+      [{ shutdown_grace: 601 }, "agent.shutdown_grace"],
+      [{ step_isolation: "cgroup" }, "agent.step_isolation"],
+      [{ audit_syslog: "yes" }, "agent.audit_syslog"],
+      [{ audit_syslog: false, audit_syslog_socket: "/dev/log" }, "agent.audit_syslog_socket"],
+      [{ audit_syslog_socket: "dev/log" }, "agent.audit_syslog_socket"],
+      [{ header_timeout: 0 }, "agent.header_timeout"],
+      [{ max_connections: 1 }, "agent.max_connections"],
+      [{ listen: "localhost:7070" }, "agent.listen"],
+    ] as const
+  ) {
+    assertEquals(keyOf(() => configFromObject(withAgent(extra))), key, JSON.stringify(extra));
+  }
+  // node: names, node-id: StableIDs; a node: value that reads as a StableID is refused.
+  const grant = (to: string) => ({ ...minimal(), grant: [{ to: [to], allow: ["demo.x"] }] });
+  assertEquals(configFromObject(grant("node-id:7")).grants[0].to, ["node-id:7"]);
+  assertEquals(configFromObject(grant("node:web-7")).grants[0].to, ["node:web-7"]);
+  for (const ambiguous of ["node:7", "node:nSwZHPm4c121CNTRL"]) {
+    const error = assertThrows(() => configFromObject(grant(ambiguous)), ConfigError);
+    assertEquals(error.key, "grant[0].to[0]");
+    assert(error.message.includes("node-id:"), error.message);
+  }
+});

@@ -119,6 +119,8 @@ async function main(args: string[]): Promise<number> {
   console.log(
     `ops-agent ${AGENT_VERSION} listening on ${server.url} (identity: ${identity}${bound})`,
   );
+  console.log(`ops-agent: steps: ${server.agent.stepIsolation}`);
+  console.log(`ops-agent: audit copy: ${server.agent.auditCopy}`);
   await server.finished;
   for (const [signal, listener] of listeners) Deno.removeSignalListener(signal, listener);
   console.log("ops-agent: stopped");

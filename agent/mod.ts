@@ -30,6 +30,7 @@
 import type { ConfigError } from "../executor/errors.ts";
 import type { AgentConfig } from "./config.ts";
 import { AgentCore } from "./_app.ts";
+import { Front, type FrontLimits } from "./_front.ts";
 import { formatHostPort, unmapAddress } from "./_net.ts";
 import { permissionProblems } from "./_permissions.ts";
 import { AGENT_VERSION } from "./_version.ts";
@@ -75,6 +76,10 @@ export interface AgentApp {
    * ceiling grants no sync.
    */
   readonly syncConfinement: string | null;
+  /** How steps are kept apart on this host, in words (`agent.step_isolation`). */
+  readonly stepIsolation: string;
+  /** Where audit lines are copied besides the file, in words (`agent.audit_syslog`). */
+  readonly auditCopy: string;
   /**
    * Cancels every running step (SIGTERM, its grace, SIGKILL to its group),
    * refuses new ones, and resolves once each is over and audited.
@@ -160,31 +165,28 @@ export async function serveAgent(
   const problem = permissionProblems(config)[0];
   if (problem) throw problem;
   const core = await AgentCore.create(config);
-  let server: Deno.HttpServer<Deno.NetAddr>;
+  let front: Front;
   try {
-    server = Deno.serve({
-      hostname: config.agent.listen.hostname,
-      port: config.agent.listen.port,
-      onListen: () => {},
-    }, core.fetch);
+    front = Front.start({
+      listen: config.agent.listen,
+      limits: await frontLimits(config),
+      identify: (ip, port) => core.provider.identify(ip, port),
+      handler: core.fetch,
+      onRefused: (refusal) => core.refused(refusal),
+    });
   } catch (error) {
     await core.close();
     throw error;
   }
-  const addr = server.addr;
+  const addr = front.addr;
   let finish!: () => void;
   const finished = new Promise<void>((resolve) => (finish = resolve));
   let shuttingDown: Promise<void> | undefined;
   const shutdown = () => {
     shuttingDown ??= (async () => {
-      const closing = server.shutdown();
+      const closing = front.shutdown(opts.flushTimeoutMs ?? 5000);
       await core.stopRuns("agent shutting down");
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        closing,
-        new Promise((resolve) => (timer = setTimeout(resolve, opts.flushTimeoutMs ?? 5000))),
-      ]);
-      clearTimeout(timer);
+      await closing;
       await core.close();
       finish();
     })();
@@ -201,6 +203,44 @@ export async function serveAgent(
     shutdown,
     [Symbol.asyncDispose]: shutdown,
   };
+}
+
+/** Descriptors kept for steps, transfers, whois and the logs, beyond the connections. */
+const RESERVED_DESCRIPTORS = 128;
+
+/**
+ * The front's limits: the config's, with the connection cap held under this
+ * process's descriptor limit (each relayed connection holds three).
+ */
+async function frontLimits(config: AgentConfig): Promise<FrontLimits> {
+  const { agent } = config;
+  const limit = await descriptorLimit();
+  const fit = limit === null
+    ? Infinity
+    : Math.max(8, Math.floor((limit - RESERVED_DESCRIPTORS) / 3));
+  return {
+    maxConnections: Math.min(agent.maxConnections, fit),
+    maxConnectionsPerPeer: agent.maxConnectionsPerPeer,
+    headerTimeoutMs: agent.headerTimeoutMs,
+    idleTimeoutMs: agent.idleTimeoutMs,
+  };
+}
+
+/** This process's RLIMIT_NOFILE (its children inherit it), or `null` when unknown or unlimited. */
+async function descriptorLimit(): Promise<number | null> {
+  try {
+    const out = await new Deno.Command("/bin/sh", {
+      args: ["-c", "ulimit -n"],
+      stdin: "null",
+      stderr: "null",
+      clearEnv: true,
+      env: { PATH: "/usr/bin:/bin" },
+    }).output();
+    const n = Number(new TextDecoder().decode(out.stdout).trim());
+    return Number.isInteger(n) && n > 0 ? n : null;
+  } catch {
+    return null;
+  }
 }
 
 /**

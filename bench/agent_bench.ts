@@ -61,6 +61,13 @@ function rssKiB(pid: number): number {
 
 const caps = CapabilitySet.of("bench.*");
 const agent = await startAgentProcess(CONFIG);
+// The same agent with every step in PID and mount namespaces of its own (issue 13).
+const isolatedAgent = Deno.build.os === "linux"
+  ? await startAgentProcess(
+    CONFIG.replace("[identity]", 'step_isolation = "namespace"\n\n[identity]'),
+  )
+  : null;
+const isolated = isolatedAgent ? new AgentRpc({ url: isolatedAgent.url }, caps) : null;
 const local = new LocalExec(caps);
 const remote = new AgentRpc({ url: agent.url }, caps);
 const fmt = (n: number) => n.toFixed(3);
@@ -76,6 +83,7 @@ try {
     agent: () => remote.runStreaming(exec, sink),
     localShell: () => local.runStreaming(shell, sink),
     agentShell: () => remote.runStreaming(shell, sink),
+    ...(isolated ? { agentIsolated: () => isolated.runStreaming(exec, sink) } : {}),
   }, { runs, warmup: 20 });
   const m = Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, median(v)]));
   result.overhead = {
@@ -86,6 +94,9 @@ try {
     shellAgentMs: m.agentShell,
     shellAboveMs: m.agentShell - m.localShell,
     agentP90Ms: percentile(samples.agent, 90),
+    ...(isolated
+      ? { execIsolatedMs: m.agentIsolated, isolationMs: m.agentIsolated - m.agent }
+      : {}),
   };
   console.log(`per-step overhead, median of ${runs} (alternating, 20 warm-up rounds):`);
   console.log(
@@ -96,6 +107,13 @@ try {
       ms(m.agentShell - m.localShell)
     }`,
   );
+  if (isolated) {
+    console.log(
+      `  exec true   isolated agent ${ms(m.agentIsolated)}  isolation costs ${
+        ms(m.agentIsolated - m.agent)
+      }`,
+    );
+  }
 
   // 2. Throughput, with the agent's RSS.
   if (bytes <= 0) throw new SkipThroughput();
@@ -145,6 +163,8 @@ try {
 } finally {
   await remote.close();
   await agent.stop();
+  await isolated?.close();
+  await isolatedAgent?.stop();
   await Deno.remove(agent.dir, { recursive: true }).catch(() => {});
 }
 console.log(JSON.stringify(result));

@@ -9,10 +9,12 @@ import type { DiskUsage, HostObservation } from "./types.ts";
  *
  * @param host The executor's name for the host.
  * @param roots The roots whose disk use to report.
+ * @param opts A signal that kills `df` (a hung mount) and rejects.
  */
 export async function observeLocalHost(
   host: string,
   roots: readonly string[],
+  opts: { signal?: AbortSignal } = {},
 ): Promise<HostObservation> {
   const [one, five, fifteen] = Deno.loadavg();
   const memory = Deno.systemMemoryInfo();
@@ -25,7 +27,7 @@ export async function observeLocalHost(
     uptimeSeconds: Deno.osUptime(),
     loadAverage: [one, five, fifteen],
     memory: { totalBytes: memory.total, availableBytes: memory.available },
-    disks: await diskUsage(roots),
+    disks: await diskUsage(roots, opts),
     observedAt: new Date().toISOString(),
   };
 }
@@ -34,7 +36,10 @@ export async function observeLocalHost(
  * Disk use of each root that exists, from POSIX `df -P -k` (the same on Linux
  * and macOS). Roots that do not exist are left out.
  */
-export async function diskUsage(roots: readonly string[]): Promise<DiskUsage[]> {
+export async function diskUsage(
+  roots: readonly string[],
+  opts: { signal?: AbortSignal } = {},
+): Promise<DiskUsage[]> {
   const existing: string[] = [];
   const unverified: string[] = [];
   for (const root of roots) {
@@ -47,20 +52,23 @@ export async function diskUsage(roots: readonly string[]): Promise<DiskUsage[]> 
       // Otherwise not there (yet): nothing to measure.
     }
   }
-  const disks = existing.length > 0 ? await df(existing) : [];
+  const disks = existing.length > 0 ? await df(existing, opts.signal) : [];
   // One df per unverified root, so that a missing one cannot shift the rows of the others.
-  for (const root of unverified) disks.push(...await df([root]));
+  for (const root of unverified) disks.push(...await df([root], opts.signal));
   return roots.flatMap((root) => disks.filter((disk) => disk.path === root));
 }
 
-async function df(roots: string[]): Promise<DiskUsage[]> {
+async function df(roots: string[], signal?: AbortSignal): Promise<DiskUsage[]> {
+  signal?.throwIfAborted();
   const out = await new Deno.Command("df", {
     args: ["-P", "-k", ...roots],
     env: baseEnvironment(),
     clearEnv: true,
     stdin: "null",
     stderr: "null",
+    signal,
   }).output();
+  signal?.throwIfAborted();
   return parseDf(new TextDecoder().decode(out.stdout), roots);
 }
 

@@ -154,9 +154,13 @@ export async function runProcess(
   const stdin = openStdin(child, spec);
   const terminate = () => {
     const stop = spec.terminate ?? (ownSession ? terminateGroup : terminateProcess);
+    // Who the step is now, before anything is signalled: every descendant of
+    // its main process, also one that dropped the marker (`env -u`) and made
+    // a session of its own, while its parent still lives.
+    const tree = terminating === null && marker ? descendants(child.pid) : [];
     terminating ??= stop(child, spec.killGraceMs, stdin.handle)
       .catch(() => {})
-      .then(() => marker && sweepMarked(marker));
+      .then(() => marker && sweepMarked(marker, tree));
     return terminating;
   };
   gate.onFailure = () => void terminate();
@@ -221,13 +225,19 @@ export async function runProcess(
 export const STEP_MARKER = "OPS_EXEC_STEP_ID";
 
 /**
- * Kills every process whose environment carries this run's marker. Runs after
- * a timeout, cancel or sink failure, once the group has been killed. It reads
- * /proc (Linux); where /proc is absent or not readable under the permission
- * set (the agent's), the group kill is all there is.
+ * Kills every process whose environment carries this run's marker, and every
+ * process of `tree` (the step's descendants when it was stopped, each with
+ * its start time, so a pid reused since is spared). Runs after a timeout,
+ * cancel or sink failure, once the group has been killed. It reads /proc
+ * (Linux); where /proc is absent or not readable under the permission set
+ * (the agent's, whose steps are swept by their PID namespace instead), the
+ * group kill is all there is.
  */
-export function sweepMarked(marker: string): void {
+export function sweepMarked(marker: string, tree: readonly ProcessRef[] = []): void {
   const needle = `${STEP_MARKER}=${marker}\0`;
+  for (const ref of tree) {
+    if (procStat(ref.pid)?.start === ref.start) kill(ref.pid);
+  }
   let entries: Deno.DirEntry[];
   try {
     entries = [...Deno.readDirSync("/proc")];
@@ -238,12 +248,65 @@ export function sweepMarked(marker: string): void {
     if (!/^\d+$/.test(entry.name)) continue;
     try {
       if (Deno.readTextFileSync(`/proc/${entry.name}/environ`).includes(needle)) {
-        Deno.kill(Number(entry.name), "SIGKILL");
+        kill(Number(entry.name));
       }
     } catch {
       // Gone, not ours to read, or not ours to kill.
     }
   }
+}
+
+/** A process, as /proc names it: its pid and start time (clock ticks since boot). */
+export interface ProcessRef {
+  /** The pid. */
+  pid: number;
+  /** When it started, so that a pid reused later is not taken for it. */
+  start: string;
+}
+
+function kill(pid: number): void {
+  try {
+    Deno.kill(pid, "SIGKILL");
+  } catch {
+    // Gone, or not ours to kill.
+  }
+}
+
+function procStat(pid: number | string): { ppid: number; start: string } | null {
+  try {
+    const text = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // The command name is in parentheses and may hold anything: read after the last ")".
+    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+    return { ppid: Number(fields[1]), start: fields[19] };
+  } catch {
+    return null;
+  }
+}
+
+/** Every live descendant of `root` (Linux /proc), each with its start time; empty elsewhere. */
+function descendants(root: number): ProcessRef[] {
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync("/proc")];
+  } catch {
+    return [];
+  }
+  const parents = new Map<number, { ppid: number; start: string }>();
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    const stat = procStat(entry.name);
+    if (stat) parents.set(Number(entry.name), stat);
+  }
+  const found = new Map<number, string>();
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const [pid, stat] of parents) {
+      if (found.has(pid) || !(stat.ppid === root || found.has(stat.ppid))) continue;
+      found.set(pid, stat.start);
+      grew = true;
+    }
+  }
+  return [...found].map(([pid, start]) => ({ pid, start }));
 }
 
 /** util-linux's setsid, the cheapest way to start a process in a new session. */

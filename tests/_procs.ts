@@ -131,3 +131,19 @@ export function ignoredOrBlocked(text: string): { Ign: number[]; Blk: number[] }
   }
   return found;
 }
+
+/**
+ * The process group, as this host numbers it, of the live process whose
+ * command line holds `token` (`null` when there is none). A step in a PID
+ * namespace of its own (the agent's step isolation) sees other numbers: its
+ * `$$` is not its pid on the host, so tests find it by a token in its argv.
+ */
+export function hostGroupOf(token: string): number | null {
+  const pid = pidsWithCommandLine(token)[0];
+  return pid === undefined ? null : readStat(pid)?.pgid ?? null;
+}
+
+/** A unique number for a step's `sleep`, so that the test can find it on the host. */
+export function sleepToken(): string {
+  return `300.${Math.floor(Math.random() * 1e9)}`;
+}

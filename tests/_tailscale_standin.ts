@@ -124,6 +124,7 @@ export class TailnetStandin {
   readonly #mapDir: string;
   readonly #root: string;
   readonly #map = new Map<string, string>();
+  readonly #faults = new Map<string, "stall" | "reset">();
   readonly #servers: Deno.HttpServer[] = [];
 
   private constructor(root: string, sockets: string[]) {
@@ -162,6 +163,15 @@ export class TailnetStandin {
   set(address: string, whois: string): void {
     this.#map.set(address, whois);
     Deno.writeTextFileSync(join(this.#mapDir, fileKey(address)), whois);
+  }
+
+  /**
+   * Makes the LocalAPI answer `address` (as {@linkcode TailnetStandin.set}
+   * takes it) with a 200 whose body never ends (`stall`) or breaks off
+   * (`reset`): a tailscaled that hangs or dies mid-answer.
+   */
+  fault(address: string, fault: "stall" | "reset"): void {
+    this.#faults.set(address, fault);
   }
 
   /** Forgets a peer. */
@@ -205,6 +215,19 @@ export class TailnetStandin {
     if (request.method !== "GET") return reply(405, "want GET\n");
     if (!addr) return reply(400, "missing 'addr' parameter\n");
     if (!isAddr(addr)) return reply(400, `invalid 'addr' parameter: ${addr}\n`);
+    const fault = this.#faults.get(addr) ?? this.#faults.get(ipOf(addr));
+    if (fault !== undefined) {
+      this.requests.push({ socket, addr, status: 200 });
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode('{"Node": {"Name": "half'));
+          if (fault === "reset") {
+            setTimeout(() => controller.error(new Error("tailscaled died mid-answer")), 50);
+          }
+        },
+      });
+      return new Response(body, { status: 200, headers: { "content-type": "application/json" } });
+    }
     const doc = this.lookup(addr);
     if (doc === undefined) return reply(404, `no match for ${addr}\n`);
     return reply(200, doc, "application/json");

@@ -18,7 +18,7 @@ import { WsClient, WsHandshakeError } from "../transports/_ws_client.ts";
 import { type AgentProcess, loopbackConfig, startAgentProcess } from "./_agent_process.ts";
 import { exists, missing, RSYNC } from "./_prereq.ts";
 import { pidsWithCommandLine, waitFor } from "./_procs.ts";
-import { TailnetStandin, whoisText } from "./_tailscale_standin.ts";
+import { STANDIN_SOCKET, TailnetStandin, whoisText } from "./_tailscale_standin.ts";
 import { timeLimit } from "./_time_limit.ts";
 
 const CAPMAP = "makenot.work/cap/ops-exec";
@@ -242,7 +242,11 @@ allow = ["test.*", "observe"]
       );
       assertFalse(await exists(marker), "a step ran for a caller nobody identified");
       const audit = agent.auditLines();
-      assertEquals(audit.length, 7);
+      // One itemised line per address a minute (issue 13: refusals are audited at a bounded rate).
+      assertEquals(audit.map((line) => String(line.from).split(":")[0]).sort(), [
+        "127.0.0.1",
+        "127.0.0.2",
+      ]);
       for (const line of audit) {
         assertEquals([line.who, line.decision, line.status], [null, "denied", 503]);
         assertStringIncludes(String(line.reason), "identity unavailable");
@@ -297,7 +301,11 @@ Deno.test(
     );
     const text = await Deno.readTextFile(agent.auditPath);
     const runs = agent.auditLines().filter((line) => line.endpoint === "POST /v1/run");
-    assertEquals(runs.map((line) => line.status), [200, 403]);
+    assertEquals(runs.map((line) => [line.status, line.event]), [
+      [200, "start"],
+      [200, "end"],
+      [403, undefined],
+    ]);
     assert(runs.every((line) => String(line.digest).startsWith("sha256:")));
     for (const value of [secret, stdin, btoa(stdin), btoa(secret)]) {
       assertFalse(text.includes(value), `the audit log holds ${value}:\n${text}`);
@@ -312,7 +320,7 @@ async function openTunnel(agent: AgentProcess, dest: string): Promise<WsClient |
   const target = new URL("/v1/sync", agent.url);
   target.searchParams.set(
     "argv",
-    JSON.stringify(["rsync", "--server", "-logDtpre.iLsfxCIvu", ".", dest]),
+    JSON.stringify(["rsync", "--server", "-logtpre.iLsfxCIvu", ".", dest]),
   );
   try {
     return await WsClient.connect(target.href);
@@ -385,7 +393,10 @@ Deno.test(
       last.destroy();
       assertEquals(status.code, 0, agent.output());
       assertEquals(pidsWithCommandLine(`${root}/last`), [], "rsync outlived the agent");
-      const transfers = agent.auditLines().filter((line) => line.endpoint === "GET /v1/sync");
+      // (A transfer's start line is left out: its end line says how it went.)
+      const transfers = agent.auditLines().filter((line) =>
+        line.endpoint === "GET /v1/sync" && line.event !== "start"
+      );
       // 429 first, and again for each retry while the aborted step still held its slot.
       const statuses = transfers.map((line) => line.status);
       assertEquals(statuses.slice(-2), [101, 101], JSON.stringify(statuses));
@@ -394,5 +405,99 @@ Deno.test(
     } finally {
       await Deno.remove(root, { recursive: true }).catch(() => {});
     }
+  }),
+);
+
+// ---- issue 13, item 7: a whois that stalls or breaks off -------------------------------
+
+Deno.test(
+  "7. a whois whose answer stalls or breaks off is 503 (identity unavailable), audited, never 500",
+  timeLimit(60_000, async () => {
+    await using tailnet = await TailnetStandin.start();
+    tailnet.set("127.0.0.2", whoisText("user-node"));
+    tailnet.fault("127.0.0.4", "stall");
+    tailnet.fault("127.0.0.5", "reset");
+    await using agent = await startAgentProcess(`
+[agent]
+listen = "127.0.0.1:0"
+audit_log = "{dir}/audit.jsonl"
+
+[identity]
+provider = "tailscale"
+socket = "${STANDIN_SOCKET}"
+
+[ceiling]
+allow = ["test.*"]
+
+[[grant]]
+to = ["*"]
+allow = ["test.*"]
+`);
+    for (const peer of ["127.0.0.5", "127.0.0.4"]) {
+      const answer = await request(agent, peer, "/v1/capabilities");
+      assertEquals(answer.status, 503, `${peer}: ${JSON.stringify(answer.body)}`);
+      assertEquals((answer.body.error as Record<string, unknown>).code, "identity_unavailable");
+      const line = await eventually(
+        () =>
+          Promise.resolve(agent.auditLines().find((l) => String(l.from).startsWith(`${peer}:`))),
+        (l) => l !== undefined,
+      );
+      assertEquals([line?.status, line?.decision], [503, "denied"], JSON.stringify(line));
+      assertStringIncludes(String(line?.reason), "identity unavailable");
+    }
+    // The agent goes on serving the peers whois answers for.
+    assertEquals((await request(agent, "127.0.0.2", "/v1/capabilities")).status, 200);
+  }),
+);
+
+// ---- issue 13, item 6 and acceptance 5: names and StableIDs never meet -----------------
+
+Deno.test(
+  "5. node: names and node-id: StableIDs cannot be confused; the old ambiguous form is a config error",
+  timeLimit(60_000, async () => {
+    await using tailnet = await TailnetStandin.start({ sockets: [] });
+    const id7 = "127.0.0.6"; // Headscale node 7 (its StableID is "7")
+    const named7 = "127.0.0.7"; // a node whose user named it "7"
+    tailnet.set(id7, whoisText("headscale-node"));
+    tailnet.set(
+      named7,
+      whoisText("headscale-node", { name: "7.ops.internal.", computedName: "7", stableId: "12" }),
+    );
+    await using agent = await startAgentProcess(
+      tailnetConfig(`
+[[grant]]
+to = ["node-id:7"]
+allow = ["ops.promote"]
+
+[[grant]]
+to = ["node:7.ops.internal"]
+allow = ["legacy.read"]
+`),
+      { env: { PATH: `${tailnet.binDir}:${Deno.env.get("PATH")}` } },
+    );
+    assertEquals((await request(agent, id7, "/v1/capabilities")).body.capabilities, [
+      "ops.promote",
+    ]);
+    assertEquals((await request(agent, named7, "/v1/capabilities")).body.capabilities, [
+      "legacy.read",
+    ]);
+    await using impostor = new AgentRpc({ url: agent.url, localAddress: named7 }, EVERYTHING);
+    await assertRejects(
+      () => impostor.runStreaming(Step.shell("ops.promote", "true"), new CollectingSink()),
+      CapabilityDenied,
+    );
+
+    // The form that once matched either is refused, naming both ways to say it.
+    const refused = await startAgentProcess(
+      tailnetConfig(`
+[[grant]]
+to = ["node:7"]
+allow = ["ops.promote"]
+`),
+      { env: { PATH: `${tailnet.binDir}:${Deno.env.get("PATH")}` } },
+    ).then(() => null, (error) => error);
+    assert(refused instanceof Error, "an agent started with node:7");
+    assertStringIncludes(refused.message, "grant[0].to[0]");
+    assertStringIncludes(refused.message, "node-id:7");
   }),
 );

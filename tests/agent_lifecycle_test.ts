@@ -13,7 +13,7 @@ import {
 import { CapabilityDenied, CapabilitySet, CollectingSink, Step, TransportError } from "../mod.ts";
 import { AgentRpc } from "../transports/rpc.ts";
 import { loopbackConfig, startAgentProcess } from "./_agent_process.ts";
-import { groupMembers, HAS_PROC, waitFor } from "./_procs.ts";
+import { groupMembers, HAS_PROC, hostGroupOf, sleepToken, waitFor } from "./_procs.ts";
 import { missing } from "./_prereq.ts";
 import { timeLimit } from "./_time_limit.ts";
 
@@ -31,18 +31,20 @@ Deno.test(
       () => client.runStreaming(Step.shell("other.thing", "true"), { write() {} }),
       CapabilityDenied,
     );
+    // Each step is found on the host by its token (in its own PID namespace, $$ is not its pid here).
+    const tokens = { graceful: sleepToken(), stubborn: sleepToken(), plain: sleepToken() };
     const steps = {
       // Catches TERM, takes 1 s to finish cleanly within its 5 s grace.
       graceful: Step.shell(
         "test.graceful",
-        "trap 'echo got TERM; sleep 1; echo bye; exit 7' TERM; echo $$; while :; do sleep 0.05; done",
+        `trap 'echo got TERM; sleep 1; echo bye; exit 7' TERM; echo up; sleep ${tokens.graceful} & wait; while :; do sleep 0.05; done`,
       ),
       // Ignores TERM: SIGKILL after its 500 ms grace.
-      stubborn: Step.shell("test.stubborn", "trap '' TERM; echo $$; sleep 300", {
+      stubborn: Step.shell("test.stubborn", `trap '' TERM; echo up; sleep ${tokens.stubborn}`, {
         killGraceMs: 500,
       }),
       // Dies of TERM at once.
-      plain: Step.shell("test.plain", "echo $$; sleep 300"),
+      plain: Step.shell("test.plain", `echo up; sleep ${tokens.plain}`),
     };
     const sinks = {
       graceful: new CollectingSink(),
@@ -51,9 +53,12 @@ Deno.test(
     };
     const names = ["graceful", "stubborn", "plain"] as const;
     const running = names.map((name) => client.runStreaming(steps[name], sinks[name]));
-    assert(await waitFor(() => names.every((n) => sinks[n].lines.length > 0), 10_000));
-    const pgids = names.map((n) => Number(sinks[n].lines[0].text));
-    // A stubborn step that never gets its SIGKILL would keep this test for its whole `sleep 300`.
+    assert(
+      await waitFor(() => names.every((n) => hostGroupOf(tokens[n]) !== null), 10_000),
+      "the steps started",
+    );
+    const pgids = names.map((n) => hostGroupOf(tokens[n])!);
+    // A stubborn step that never gets its SIGKILL would keep this test for its whole sleep.
     limit.addEventListener("abort", () => {
       for (const pgid of pgids) {
         try {
@@ -81,15 +86,27 @@ Deno.test(
     assert(graceful.cancelled);
     // (The shell may also report its killed `sleep` on stderr.)
     assertEquals(sinks.graceful.text("stdout").split("\n").slice(1), ["got TERM", "bye"]);
+    for (const name of names) assertEquals(sinks[name].lines[0].text, "up");
     assertEquals(stubborn.signal, "SIGKILL");
     assertEquals(plain.signal, "SIGTERM");
-    for (const pgid of pgids) assertEquals(groupMembers(pgid), [], `group ${pgid} is gone`);
+    for (const pgid of pgids) {
+      assert(
+        await waitFor(() => groupMembers(pgid).length === 0, 2000),
+        `group ${pgid} is gone: ${
+          groupMembers(pgid).map((pid) =>
+            Deno.readTextFileSync(`/proc/${pid}/cmdline`).replaceAll("\0", " ")
+          ).join("; ")
+        }`,
+      );
+    }
 
     const status = await agent.child.status;
     assertEquals(status.code, 0, agent.output());
     assertStringIncludes(agent.output(), "SIGTERM: shutting down (running steps: 3)");
-    const runs = agent.auditLines().filter((l) => l.endpoint === "POST /v1/run");
-    assertEquals(runs.length, 4, "one line for every request");
+    const runs = agent.auditLines().filter((l) =>
+      l.endpoint === "POST /v1/run" && l.event !== "start"
+    );
+    assertEquals(runs.length, 4, "one line for every request (and a start line for each run)");
     assertEquals(runs[0].decision, "denied");
     const byAction = Object.fromEntries(runs.slice(1).map((l) => [l.action, l]));
     assertEquals(byAction["test.graceful"].exitCode, 7);
@@ -127,9 +144,10 @@ Deno.test("acceptance 7: an agent killed mid-step is a TransportError at once, n
   await using agent = await startAgentProcess(loopbackConfig());
   await using client = new AgentRpc({ url: agent.url, idleTimeoutMs: 120_000 }, caps);
   const sink = new CollectingSink();
-  const running = client.runStreaming(Step.shell("test.long", "echo $$; sleep 300"), sink);
-  assert(await waitFor(() => sink.lines.length > 0, 10_000));
-  const pgid = Number(sink.lines[0].text);
+  const token = sleepToken();
+  const running = client.runStreaming(Step.shell("test.long", `sleep ${token}`), sink);
+  assert(await waitFor(() => hostGroupOf(token) !== null, 10_000));
+  const pgid = hostGroupOf(token)!;
   const killed = performance.now();
   agent.child.kill("SIGKILL");
   const error = await assertRejects(() => running, TransportError);
@@ -152,9 +170,10 @@ Deno.test("acceptance 7: a frozen agent is noticed by the idle timeout; heartbea
   assertEquals(quiet.exitCode, 0);
 
   const sink = new CollectingSink();
-  const running = client.runStreaming(Step.shell("test.long", "echo $$; sleep 300"), sink);
-  assert(await waitFor(() => sink.lines.length > 0, 10_000));
-  const pgid = Number(sink.lines[0].text);
+  const token = sleepToken();
+  const running = client.runStreaming(Step.shell("test.long", `sleep ${token}`), sink);
+  assert(await waitFor(() => hostGroupOf(token) !== null, 10_000));
+  const pgid = hostGroupOf(token)!;
   agent.child.kill("SIGSTOP");
   try {
     const error = await assertRejects(() => running, TransportError);
@@ -176,21 +195,22 @@ Deno.test(
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
     let first: string | undefined;
-    const running = client.runStreaming(Step.shell("test.flood", "echo $$; yes"), {
+    const token = `flood-${crypto.randomUUID()}`;
+    const running = client.runStreaming(Step.shell("test.flood", `exec yes ${token}`), {
       write(line) {
         first ??= line.text;
         return released;
       },
     }).then((out) => out, (error) => error);
-    assert(await waitFor(() => first !== undefined, 10_000));
-    const pgid = Number(first);
+    assert(await waitFor(() => first !== undefined && hostGroupOf(token) !== null, 10_000));
+    const pgid = hostGroupOf(token)!;
     await new Promise((resolve) => setTimeout(resolve, 300));
     agent.child.kill("SIGTERM");
     // The reader never reads during the shutdown: the agent neither waits on it nor loses its audit.
     const status = await agent.child.status;
     assertEquals(status.code, 0, agent.output());
     assertEquals(groupMembers(pgid), []);
-    const line = agent.auditLines().find((l) => l.action === "test.flood")!;
+    const line = agent.auditLines().find((l) => l.action === "test.flood" && l.event === "end")!;
     assertEquals(line.cancelled, true);
     assertEquals(line.reason, "agent shutting down");
     release();

@@ -8,6 +8,8 @@ import { AGENT_VERSION } from "../agent/mod.ts";
 import { AgentRpc } from "../transports/rpc.ts";
 import { loopbackConfig, startAgentProcess } from "./_agent_process.ts";
 import { STANDIN_SOCKET, TailnetStandin, whoisText } from "./_tailscale_standin.ts";
+import { HAS_PROC } from "./_procs.ts";
+import { isRoot, missing } from "./_prereq.ts";
 
 Deno.test("observe through the agent: version, tailnet self, host facts", async () => {
   await using tailnet = await TailnetStandin.start();
@@ -76,3 +78,65 @@ Deno.test("observe through the agent: disk use of the caller's granted sync root
   assertGreater(facts.disks[0].availableBytes, 0);
   await Deno.remove(root);
 });
+
+// ---- issue 13, item 7: df inside max_concurrent and with a deadline ------------------
+
+Deno.test("7. /v1/observe takes a max_concurrent slot: a burst gets 429s, not a df each", async () => {
+  await using agent = await startAgentProcess(
+    loopbackConfig({ ceiling: ["observe"], maxConcurrent: 2 }),
+  );
+  const statuses = await Promise.all(
+    Array.from({ length: 60 }, async () => {
+      const response = await fetch(`${agent.url}/v1/observe`);
+      await response.body?.cancel();
+      return response.status;
+    }),
+  );
+  assert(statuses.includes(200), JSON.stringify(statuses));
+  assert(statuses.includes(429), `every observe ran its df: ${JSON.stringify(statuses)}`);
+  assert(statuses.every((s) => s === 200 || s === 429), JSON.stringify(statuses));
+});
+
+Deno.test(
+  "7. a df that does not answer: 504 after the deadline, audited; its slot is held until df is gone",
+  async () => {
+    if (!HAS_PROC || !isRoot()) {
+      return void missing([false, "root (to bind a hanging df in place)"]);
+    }
+    await Deno.mkdir("/tmp/ops-agent", { recursive: true });
+    const dir = await Deno.makeTempDir({ dir: "/tmp/ops-agent", prefix: "hung-df-" });
+    try {
+      // A df as a dead NFS mount leaves it: deaf to SIGTERM, back after 14 s.
+      const hung = `${dir}/df`;
+      await Deno.writeTextFile(hung, "#!/bin/sh\ntrap '' TERM\nsleep 14\n", { mode: 0o755 });
+      await using agent = await startAgentProcess(
+        loopbackConfig({ ceiling: ["observe"], maxConcurrent: 1 }),
+        {
+          // The agent in a mount namespace of its own, whose df is that one.
+          prefix: [
+            "unshare",
+            "--mount",
+            "--",
+            "/bin/sh",
+            "-c",
+            'mount --bind "$0" /usr/bin/df && exec "$@"',
+            hung,
+          ],
+        },
+      );
+      const started = performance.now();
+      const response = await fetch(`${agent.url}/v1/observe`);
+      const took = performance.now() - started;
+      assertEquals(response.status, 504);
+      assertEquals((await response.json()).error.code, "observe_timeout");
+      assert(took < 13_000, `the answer took ${Math.round(took)} ms`);
+      // The hung df still holds the one slot: no second df starts beside it.
+      const second = await fetch(`${agent.url}/v1/observe`);
+      await second.body?.cancel();
+      assertEquals(second.status, 429);
+      assert(agent.auditLines().some((l) => l.status === 504), "the timeout is audited");
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);

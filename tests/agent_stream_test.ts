@@ -41,7 +41,9 @@ Deno.test(
       assertEquals(out.exitCode, 0);
       assertEquals(out.lines, { stdout: 100_000, stderr: 0 });
     }
-    const runs = agent.auditLines().filter((line) => line.endpoint === "POST /v1/run");
+    const runs = agent.auditLines().filter((line) =>
+      line.endpoint === "POST /v1/run" && line.event === "end"
+    );
     assertEquals(runs.length, 100);
     assert(runs.every((line) => line.exitCode === 0 && line.decision === "allowed"));
   }),

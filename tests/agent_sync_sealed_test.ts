@@ -136,7 +136,8 @@ async function auditLine(
   action: string,
   path: string,
 ): Promise<Record<string, unknown>> {
-  const find = () => fx.auditLines().find((l) => l.action === action && l.path === path);
+  const find = () =>
+    fx.auditLines().find((l) => l.action === action && l.path === path && l.event !== "start");
   await waitFor(() => find() !== undefined, 10_000);
   const line = find();
   assert(line, `no audit line for ${action} ${path}`);
@@ -460,7 +461,7 @@ Deno.test("a symlinked root is resolved once at start and compared by where it l
     await using rpc = new AgentRpc({ url: agent.url }, ALL);
     await rpc.push(`${base}/src/`, `${root}/x/`);
     assertEquals(await listing(`${base}/real`), { "x/": "dir", "x/a.txt": "a" });
-    const first = agent.auditLines().find((l) => l.path === `${root}/x`)!;
+    const first = agent.auditLines().find((l) => l.path === `${root}/x` && l.event === "end")!;
     assertEquals([first.resolvedPath, first.root], [`${base}/real/x`, `${base}/real`]);
 
     // Whoever can change the link now (a broader grant, a step) cannot move the root.

@@ -119,7 +119,7 @@ Deno.test("push and pull a tree byte-identical, modes kept; an unchanged re-push
   assertEquals(pulled.action, "sync.pull");
   assertEquals(await snapshot(back), await snapshot(fx.src));
 
-  const audit = fx.auditLines().filter((l) => l.endpoint === "GET /v1/sync");
+  const audit = fx.auditLines().filter((l) => l.endpoint === "GET /v1/sync" && l.event !== "start");
   assertEquals(audit.map((l) => [l.action, l.decision, l.exitCode]), [
     ["sync.push", "allowed", 0],
     ["sync.push", "allowed", 0],
@@ -277,8 +277,9 @@ Deno.test("cancelling a transfer through its signal stops it on both ends", asyn
     await waitFor(() => pidsWithCommandLine(`${fx.root}/app`).length === 0, 5000),
     `rsync processes left: ${pidsWithCommandLine(`${fx.root}/app`)}`,
   );
-  await waitFor(() => fx.auditLines().some((l) => l.endpoint === "GET /v1/sync"), 3000);
-  const line = fx.auditLines().find((l) => l.endpoint === "GET /v1/sync")!;
+  const end = (l: Record<string, unknown>) => l.endpoint === "GET /v1/sync" && l.event === "end";
+  await waitFor(() => fx.auditLines().some(end), 3000);
+  const line = fx.auditLines().find(end)!;
   assertEquals(line.decision, "allowed");
   assert(line.exitCode !== 0, `the agent's rsync was stopped: ${JSON.stringify(line)}`);
 });
@@ -315,7 +316,10 @@ allow = ["sync.push:${fx.root}"]
   const statuses = agent.auditLines().filter((l) => l.endpoint === "GET /v1/sync").map((l) =>
     l.status
   );
-  assertEquals(statuses, [401, 101]);
+  // The stranger never reached /v1/sync: it was refused at the door (audited as a connection).
+  assertEquals(statuses, [101, 101], "alice's transfer: its start and end lines");
+  const refused = agent.auditLines().filter((l) => String(l.from).startsWith("127.0.0.9:"));
+  assertEquals(refused.map((l) => [l.status, l.decision]), [[401, "denied"]]);
 });
 
 Deno.test("a caller-side denial starts no rsync and sends nothing", async () => {

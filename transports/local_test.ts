@@ -424,3 +424,30 @@ Deno.test("the step's marker is in its environment, unique per run", async () =>
   assert(/^[0-9a-f-]{36}$/.test(a.text()), a.text());
   assert(a.text() !== b.text());
 });
+
+Deno.test("issue 13: a step's escapee that dropped the marker (env -u) and made its own session is swept on timeout", async () => {
+  if (missing([HAS_PROC, "/proc (Linux)"])) return;
+  const token = `300.${Math.floor(Math.random() * 1e9)}`;
+  await using exec = new LocalExec(CapabilitySet.of("test.*"));
+  const out = await exec.runStreaming(
+    Step.shell(
+      "test.escape",
+      `env -u OPS_EXEC_STEP_ID setsid sleep ${token} >/dev/null 2>&1 </dev/null & sleep 300`,
+      { timeoutMs: 500, killGraceMs: 200 },
+    ),
+    new CollectingSink(),
+  );
+  assert(out.timedOut);
+  const alive = () =>
+    [...Deno.readDirSync("/proc")].filter((e) => /^\d+$/.test(e.name)).filter((e) => {
+      try {
+        return Deno.readTextFileSync(`/proc/${e.name}/cmdline`).includes(token) &&
+          isAlive(Number(e.name));
+      } catch {
+        return false;
+      }
+    }).map((e) => Number(e.name));
+  const gone = await waitFor(() => alive().length === 0, 2000);
+  for (const pid of alive()) Deno.kill(pid, "SIGKILL");
+  assert(gone, "the escapee outlived its step");
+});

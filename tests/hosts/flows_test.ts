@@ -173,7 +173,7 @@ fleetTest(
             .join("\n"),
         );
         const signs = fleet.host("mac").agent.auditLines()
-          .filter((line) => line.action === "bento.sign");
+          .filter((line) => line.action === "bento.sign" && line.event !== "start");
         assertEquals(signs.map((line) => [line.decision, line.exitCode]), [["allowed", 0]]);
       });
 

@@ -128,7 +128,8 @@ fleetTest(
       assertEquals(sink.lines.length, 0);
       const audit = fleet.host("prod").agent.auditLines()
         .filter((line) => String(line.from).startsWith(`${fleet.peers.stranger}:`));
-      assert(audit.length >= 2, "the agent audits the refusals");
+      // Refused at the door: the first refusal of an address a minute is itemised (issue 13).
+      assert(audit.length >= 1, "the agent audits the refusals");
       for (const line of audit) {
         assertEquals([line.decision, line.status], ["denied", 401]);
         assertStringIncludes(String(line.reason), "unknown peer");

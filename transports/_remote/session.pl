@@ -39,6 +39,18 @@ use POSIX ();
 use Time::HiRes ();
 require Config;
 my @sig = split " ", $Config::Config{sig_name};
+# Not dumpable (Linux): /proc/PID of this process then belongs to root, so a
+# step, a child of the same account, cannot open its fds (the ssh channel, on
+# which it could write frames for another step's id) nor read its memory.
+# prctl(PR_SET_DUMPABLE, 0) by number: perl has no prctl of its own. A step's
+# own exec makes it dumpable again.
+if ($^O eq "linux") {
+  my ($arch) = $Config::Config{archname} =~ /^([a-z0-9_]+)/;
+  my %prctl = (x86_64 => 157, aarch64 => 167, riscv64 => 167, loongarch64 => 167,
+    i386 => 172, i486 => 172, i586 => 172, i686 => 172, arm => 172, armv7l => 172,
+    armv6l => 172, s390x => 172, ppc64 => 171, ppc64le => 171, powerpc => 171);
+  syscall($prctl{$arch}, 4, 0, 0, 0, 0) if $Config::Config{archname} !~ /x32/ && $prctl{$arch};
+}
 $SIG{PIPE} = "IGNORE";
 my $chld = 1;
 $SIG{CHLD} = sub { $chld = 1 };
